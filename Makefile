@@ -1,0 +1,36 @@
+# `make demo`: install into .venv and run the default tiny experiment.
+# `make test`: install/update .venv and run the whole suite (8 simulated CPU devices).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_CONFIG := configs/lp_regression_adam.py:tiny
+
+.PHONY: install demo test lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) main.py --config=$(DEMO_CONFIG)
+	@echo "--- runs/lp_regression_adam-tiny/summary.json"
+	@cat runs/lp_regression_adam-tiny/summary.json
+
+test: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+
+# Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))")
+	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,60 @@
+"""Shared defaults for every experiment config.
+
+A config file calls `base.get_config(size)` and then fills in its task, its
+optimizer and the size-dependent values. Field meanings are documented here
+once; the README lists them too.
+"""
+
+import os
+
+import ml_collections
+
+SIZES = ('tiny', 'paper')
+
+
+def check_size(size: str) -> str:
+  if size not in SIZES:
+    raise ValueError(f'unknown size {size!r}: choose one of {", ".join(SIZES)}')
+  return size
+
+
+def default_data_dir() -> str:
+  """Where tasks look for (and generate) data unless the config says otherwise."""
+  return os.environ.get(
+      'SHAMPOO_DATA_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'shampoo_bench'))
+
+
+def get_config(size: str) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.size = size
+  config.seed = 0
+  config.data_dir = default_data_dir()
+
+  config.task = ml_collections.ConfigDict()  # filled by the config file: name + task fields
+  config.optimizer = ml_collections.ConfigDict()  # filled from optimizer_config()
+
+  # Learning-rate schedule around config.optimizer.learning_rate (the peak).
+  config.schedule = ml_collections.ConfigDict(dict(
+      warmup_steps=0,        # linear warm-up from 0
+      decay='constant',      # constant | linear | cosine | rsqrt | polynomial
+      power=2.0,             # polynomial decay exponent (2 = quadratic)
+      end_factor=0.0,        # final lr as a fraction of the peak (linear/cosine/polynomial)
+  ))
+
+  # Device mesh: axis name -> size, in order; -1 takes all remaining devices.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+
+  config.global_batch_size = 256
+  config.grad_accum_steps = 1   # micro-batches per step; each is global_batch_size / this
+  config.eval_batch_size = 256
+  config.num_steps = 1000
+  config.eval_every = 100       # also evaluates at the last step
+  config.log_every = 10
+  config.checkpoint_every = 500  # also at the end and on SIGTERM/SIGINT
+  config.keep_checkpoints = 2
+
+  # (eval metric, value, 'above' | 'below'); the first eval meeting it is recorded.
+  config.target = ('loss', 0.0, 'below')
+  config.stop_at_target = False
+  return config
+

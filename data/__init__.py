@@ -1,0 +1,1 @@
+"""Input pipelines, their on-disk formats, and offline generators of those formats."""

@@ -1,0 +1,92 @@
+"""Trains one task with one optimizer: `python main.py --config=configs/X.py:tiny`.
+
+Parses and checks the command line, then hands (config, workdir) to the
+trainer. Bad input is one line on stderr and exit code 2; a diverged run exits
+1; a run stopped by SIGTERM/SIGINT exits 128 + the signal number after saving
+a checkpoint it will resume from.
+"""
+
+import os
+import signal
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before anything imports TensorFlow
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from configs import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, with its size: configs/<task>_<optimizer>.py[:tiny|:paper].',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (default: runs/<config name>-<size>). An existing run there resumes.')
+
+EXIT_USAGE, EXIT_DIVERGED = 2, 1
+
+
+def _fail(message: str, code: int = EXIT_USAGE):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _one_line(error: Exception) -> str:
+  """The last non-empty line of an error, without a leading 'SomeError: '."""
+  text = [line.strip() for line in str(error).splitlines() if line.strip()]
+  line = text[-1] if text else type(error).__name__
+  head, sep, rest = line.partition(': ')
+  return rest if sep and head.endswith('Error') else line
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser exits 1 with a usage dump; bad input here is one line and exit 2."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:  # an override of a field the locked config lacks
+    key = str(e.args[0]).strip('"\'') if e.args else ''
+    overrides = [arg[2:].split('=')[0] for arg in argv if arg.startswith('--config.')]
+    culprit = next((o for o in overrides if key in o.split('.')), key)
+    _fail(f'unknown config key --{culprit}: the config has no such field')
+  except (flags.Error, ConfigError, ValueError, TypeError) as e:
+    _fail(_one_line(e))
+  if flags.FLAGS['config'].present:
+    path = flags.FLAGS['config'].serialize().split('=', 1)[1].split(':')[0]
+    if not os.path.isfile(path):
+      _fail(f'config file {path} does not exist')
+    try:
+      _CONFIG.value.size
+    except Exception as e:  # noqa: BLE001 -- whatever the config file raised, reported in one line
+      _fail(f'{flags.FLAGS["config"].serialize().split("=", 1)[1]}: {_one_line(e)}')
+  return remaining
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _CONFIG.value is None:
+    _fail('--config is required, e.g. --config=configs/lp_regression_adam.py:tiny')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter off; -v 0 brings it back
+  config = _CONFIG.value
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
+  workdir = _WORKDIR.value if _WORKDIR.value is not None else os.path.join('runs', f'{name}-{config.size}')
+
+  import trainer  # jax, orbax, clu: only once the command line is known to be sound
+  try:
+    summary = trainer.run(config, workdir, name)
+  except ConfigError as e:
+    _fail(str(e))
+  status = summary['status']
+  print(f'{name}-{config.size}: {status} at step {summary["step"]}; '
+        f'steps_to_target={summary["steps_to_target"]} '
+        f'train_seconds_to_target={summary["train_seconds_to_target"]}; workdir {workdir}')
+  if status == 'diverged':
+    _fail(f'training diverged (non-finite loss at step {summary["diverged_at_step"]}); '
+          f'last good checkpoint: step {summary["last_checkpoint_step"]} in {workdir}', EXIT_DIVERGED)
+  if status == 'interrupted':
+    sys.exit(128 + signal.Signals[summary['signal']].value)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

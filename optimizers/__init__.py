@@ -1,0 +1,89 @@
+"""Optimizer registry: name -> (default hyperparameters, direction builder).
+
+Every optimizer is the same optax chain, so that clipping, weight decay and the
+learning-rate schedule mean the same thing for all of them:
+
+    clip by global norm -> [coupled weight decay] -> direction -> [decoupled weight decay] -> x -lr(step)
+
+An optimizer contributes only its *direction* (momentum, Adam's moments,
+Adagrad's accumulator, Shampoo's preconditioner...), a GradientTransformation
+built from its config block.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import ml_collections
+import optax
+
+from configs import ConfigError
+from optimizers import first_order
+from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
+
+COMMON_DEFAULTS = dict(
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    weight_decay_mode='decoupled',  # decoupled (AdamW-style, scaled by lr) | coupled (L2 added to the gradient)
+    decay_rank1=False,              # also decay rank-1 parameters (biases, norm scales)
+    grad_clip_norm=0.0,             # global-norm clipping threshold; 0 disables
+)
+WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
+
+
+class Optimizer(NamedTuple):
+  defaults: dict
+  direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
+
+
+REGISTRY: dict[str, Optimizer] = {
+    'sgd': Optimizer(first_order.SGD_DEFAULTS, first_order.sgd),
+    'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
+    'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
+}
+
+
+def _lookup(name: str) -> Optimizer:
+  if name not in REGISTRY:
+    raise ConfigError(f'unknown optimizer {name!r}; known: {", ".join(sorted(REGISTRY))}')
+  return REGISTRY[name]
+
+
+def config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The optimizer block with every field its builder reads; for config files."""
+  fields = {'name': name, **COMMON_DEFAULTS, **_lookup(name).defaults}
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ConfigError(f'unknown {name} optimizer fields: {", ".join(sorted(unknown))}')
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def _check_common(cfg: ml_collections.ConfigDict) -> None:
+  first_order.check_range(cfg, 'learning_rate', 0.0, None)
+  first_order.check_range(cfg, 'weight_decay', 0.0, None)
+  first_order.check_range(cfg, 'grad_clip_norm', 0.0, None)
+  if cfg.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise ConfigError(f'optimizer.weight_decay_mode={cfg.weight_decay_mode!r}: '
+                      f'choose one of {", ".join(WEIGHT_DECAY_MODES)}')
+
+
+def _decay_mask(decay_rank1: bool):
+  return lambda params: jax.tree.map(lambda p: decay_rank1 or p.ndim > 1, params)
+
+
+def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The full update rule for `cfg` (config.optimizer); fails early on bad values."""
+  optimizer = _lookup(cfg.name)
+  _check_common(cfg)
+  direction = optimizer.direction(cfg)
+  decay = optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask(cfg.decay_rank1))
+  parts = []
+  if cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'coupled':
+    parts.append(decay)
+  parts.append(direction)
+  if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'decoupled':
+    parts.append(decay)
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts)

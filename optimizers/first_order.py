@@ -1,0 +1,40 @@
+"""First-order directions from optax: SGD (momentum, Nesterov), Adam, Adagrad."""
+
+import ml_collections
+import optax
+
+from configs import ConfigError
+
+SGD_DEFAULTS = dict(momentum=0.9, nesterov=False)
+ADAM_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-8)
+ADAGRAD_DEFAULTS = dict(initial_accumulator_value=0.1, eps=1e-7)
+
+
+def check_range(cfg: ml_collections.ConfigDict, field: str, low, high, *, high_inclusive=False):
+  """Rejects cfg.<field> outside [low, high) (or [low, high]) naming the field."""
+  value = cfg[field]
+  too_high = high is not None and (value > high if high_inclusive else value >= high)
+  if value < low or too_high:
+    upper = 'inf' if high is None else high
+    bracket = ']' if high_inclusive else ')'
+    raise ConfigError(f'optimizer.{field}={value} is outside [{low}, {upper}{bracket}')
+
+
+def sgd(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  check_range(cfg, 'momentum', 0.0, 1.0)
+  if cfg.momentum == 0:
+    return optax.identity()
+  return optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def adam(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  check_range(cfg, 'b1', 0.0, 1.0)
+  check_range(cfg, 'b2', 0.0, 1.0)
+  check_range(cfg, 'eps', 0.0, None)
+  return optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+
+
+def adagrad(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  check_range(cfg, 'initial_accumulator_value', 0.0, None)
+  check_range(cfg, 'eps', 0.0, None)
+  return optax.scale_by_rss(initial_accumulator_value=cfg.initial_accumulator_value, eps=cfg.eps)

@@ -1,0 +1,29 @@
+"""Test set-up: 8 simulated CPU devices (set before JAX starts) and generated data in a temp dir."""
+
+import importlib
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def data_dir(tmp_path_factory):
+  """All tests share one generated data set (generation is the slow part of set-up)."""
+  path = str(tmp_path_factory.mktemp('data'))
+  os.environ['SHAMPOO_DATA_DIR'] = path
+  return path
+
+
+def load_config(name: str, size: str = 'tiny', **overrides):
+  """configs/<name>.py at `size`, with dotted overrides given as a__b=value, locked like main.py."""
+  config = importlib.import_module(f'configs.{name}').get_config(size)
+  config.update_from_flattened_dict({k.replace('__', '.'): v for k, v in overrides.items()})
+  config.lock()
+  return config

@@ -1,0 +1,203 @@
+"""The trainer end to end, in-process, on the tiny lp_regression (8 simulated CPU devices)."""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import trainer
+from configs import ConfigError
+from conftest import load_config
+from tasks.lp_regression import LpRegression
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def lines(workdir, split='train'):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+def checkpoint_leaves(workdir):
+  """The raw arrays of the latest checkpoint: step, params, optimizer state, RNG."""
+  root = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(root) if d.isdigit())
+  leaves = ocp.StandardCheckpointer().restore(os.path.join(root, str(step), 'state'))
+  return step, [np.asarray(x) for x in leaves]
+
+
+def run(tmp_path, name='lp_regression_adam', devices=ONE_DEVICE, workdir='run', **overrides):
+  config = load_config(name, **overrides)
+  return trainer.run(config, str(tmp_path / workdir), name, devices=devices)
+
+
+def test_tiny_run_writes_every_output(tmp_path):
+  summary = run(tmp_path, num_steps=60, eval_every=20, checkpoint_every=30)
+  workdir = tmp_path / 'run'
+  assert {'config.json', 'metrics.jsonl', 'summary.json', 'checkpoints'} <= set(os.listdir(workdir))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['30', '60']
+  on_disk = json.loads((workdir / 'summary.json').read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  for key in ('status', 'final_eval', 'steps_to_target', 'train_seconds_to_target', 'train_seconds',
+              'total_seconds', 'devices', 'param_count', 'versions', 'name', 'size'):
+    assert key in on_disk, key
+  assert on_disk['status'] == 'completed' and on_disk['param_count'] == 32
+  assert on_disk['devices'] == {'platform': 'cpu', 'kind': 'cpu', 'count': 1, 'process_count': 1}
+  assert [r['step'] for r in lines(workdir, 'eval')] == [20, 40, 60]
+  assert json.loads((workdir / 'config.json').read_text())['optimizer']['name'] == 'adam'
+
+
+def test_target_recorded_at_first_eval_that_meets_it(tmp_path):
+  summary = run(tmp_path, num_steps=200, eval_every=10, target=('loss', 0.02, 'below'))
+  evals = lines(tmp_path / 'run', 'eval')
+  first = next(r for r in evals if r['loss'] <= 0.02)
+  assert summary['steps_to_target'] == first['step'] < 200
+  assert 0 < summary['train_seconds_to_target'] <= summary['train_seconds']
+  assert summary['status'] == 'completed'
+
+
+def test_stop_at_target_ends_the_run_there(tmp_path):
+  summary = run(tmp_path, num_steps=400, eval_every=10, target=('loss', 0.02, 'below'),
+                stop_at_target=True)
+  assert summary['status'] == 'reached_target'
+  assert summary['step'] == summary['steps_to_target'] < 400
+  assert summary['last_checkpoint_step'] == summary['step']
+
+
+def test_unreached_target_and_above_direction(tmp_path):
+  summary = run(tmp_path, num_steps=20, eval_every=10, target=('mse', 10.0, 'above'))
+  assert summary['steps_to_target'] is None and summary['train_seconds_to_target'] is None
+
+
+def test_train_seconds_exclude_eval_and_compile(tmp_path, monkeypatch):
+  pause, evals = 0.4, 4
+  original = LpRegression.eval_data
+
+  def slow_eval_data(self, *args):
+    time.sleep(pause)
+    yield from original(self, *args)
+
+  monkeypatch.setattr(LpRegression, 'eval_data', slow_eval_data)
+  s = run(tmp_path, num_steps=40, eval_every=10)
+  assert s['eval_seconds'] >= evals * pause
+  assert s['compile_seconds'] > 0
+  phases = s['train_seconds'] + s['eval_seconds'] + s['compile_seconds'] + s['checkpoint_seconds']
+  assert phases <= s['total_seconds']
+  # Had eval leaked into training, train_seconds would hold the 1.6 s of planted pauses.
+  assert s['train_seconds'] < s['total_seconds'] - evals * pause - s['compile_seconds']
+  train_times = [r['train_seconds'] for r in lines(tmp_path / 'run')]
+  eval_times = [r['eval_seconds'] for r in lines(tmp_path / 'run', 'eval')]
+  assert np.all(np.diff(train_times) >= 0)
+  # The train clock stood still across each eval: the step after an eval starts where it left off.
+  assert eval_times == sorted(eval_times) and eval_times[-1] >= (evals - 1) * pause
+
+
+def test_sharded_run_matches_single_device(tmp_path):
+  common = dict(num_steps=20, log_every=1, eval_every=10, task__depth=2)
+  single = run(tmp_path, workdir='one', **common)
+  sharded = run(tmp_path, workdir='eight', devices=jax.devices(), mesh__data=4, mesh__model=2, **common)
+  assert sharded['devices']['count'] == 8 and sharded['mesh'] == {'data': 4, 'model': 2}
+  one, eight = lines(tmp_path / 'one'), lines(tmp_path / 'eight')
+  assert [r['step'] for r in one] == list(range(1, 21))
+  np.testing.assert_allclose([r['loss'] for r in eight], [r['loss'] for r in one], rtol=2e-5)
+  np.testing.assert_allclose(sharded['final_eval']['loss'], single['final_eval']['loss'], rtol=2e-5)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+  common = dict(num_steps=10, log_every=1, eval_every=10, task__depth=2)
+  whole = run(tmp_path, workdir='whole', **common)
+  micro = run(tmp_path, workdir='micro', devices=jax.devices(), grad_accum_steps=4, **common)
+  np.testing.assert_allclose([r['loss'] for r in lines(tmp_path / 'micro')],
+                             [r['loss'] for r in lines(tmp_path / 'whole')], rtol=2e-5)
+  np.testing.assert_allclose(micro['final_eval']['loss'], whole['final_eval']['loss'], rtol=2e-5)
+
+
+def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
+  common = dict(num_steps=40, log_every=5, eval_every=10, checkpoint_every=15)
+  straight = run(tmp_path, workdir='straight', **common)
+
+  original = LpRegression.train_data
+
+  def terminated_at_step_20(self, process_index, process_count, start_step):
+    for step, batch in enumerate(original(self, process_index, process_count, start_step), start_step):
+      if step == 20:  # the batch of step 21 is fetched right after step 20 ran
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(LpRegression, 'train_data', terminated_at_step_20)
+  first = run(tmp_path, workdir='resumed', **common)
+  assert first['status'] == 'interrupted' and first['step'] == 20 and first['signal'] == 'SIGTERM'
+  assert checkpoint_leaves(tmp_path / 'resumed')[0] == 20
+  monkeypatch.setattr(LpRegression, 'train_data', original)
+  second = run(tmp_path, workdir='resumed', **common)
+  assert second['status'] == 'completed' and second['step'] == 40
+
+  step_a, leaves_a = checkpoint_leaves(tmp_path / 'straight')
+  step_b, leaves_b = checkpoint_leaves(tmp_path / 'resumed')
+  assert step_a == step_b == 40
+  for a, b in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(a, b)  # bitwise: params, optimizer state, step, RNG
+  assert second['final_eval'] == straight['final_eval']
+  resumed_lines = lines(tmp_path / 'resumed')
+  assert [r['step'] for r in resumed_lines] == [r['step'] for r in lines(tmp_path / 'straight')]
+  assert [r['loss'] for r in resumed_lines] == [r['loss'] for r in lines(tmp_path / 'straight')]
+  assert second['train_seconds'] > first['train_seconds']  # timers carried over
+
+
+def test_planted_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  original = LpRegression.train_data
+
+  def nan_at_step_8(self, process_index, process_count, start_step):
+    for step, batch in enumerate(original(self, process_index, process_count, start_step), start_step):
+      if step == 7:
+        batch['x'] = np.full_like(batch['x'], np.nan)
+      yield batch
+
+  monkeypatch.setattr(LpRegression, 'train_data', nan_at_step_8)
+  summary = run(tmp_path, num_steps=30, log_every=10, eval_every=10, checkpoint_every=5)
+  assert summary['status'] == 'diverged' and summary['diverged_at_step'] == 8
+  assert summary['last_checkpoint_step'] == 5
+  step, leaves = checkpoint_leaves(tmp_path / 'run')
+  assert step == 5 and all(np.all(np.isfinite(x)) for x in leaves)
+  assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['status'] == 'diverged'
+
+
+def test_finished_run_is_not_rerun(tmp_path):
+  first = run(tmp_path, num_steps=10, eval_every=5)
+  mtime = os.path.getmtime(tmp_path / 'run' / 'metrics.jsonl')
+  again = run(tmp_path, num_steps=10, eval_every=5)
+  assert again == json.loads(json.dumps(first))
+  assert os.path.getmtime(tmp_path / 'run' / 'metrics.jsonl') == mtime
+
+
+def test_changed_config_is_refused_on_an_existing_run(tmp_path):
+  run(tmp_path, num_steps=10, eval_every=5)
+  before = {f: os.path.getmtime(tmp_path / 'run' / f) for f in os.listdir(tmp_path / 'run')}
+  with pytest.raises(ConfigError, match='optimizer.learning_rate'):
+    run(tmp_path, num_steps=10, eval_every=5, optimizer__learning_rate=0.5)
+  assert before == {f: os.path.getmtime(tmp_path / 'run' / f) for f in os.listdir(tmp_path / 'run')}
+  resumed = run(tmp_path, num_steps=20, eval_every=5)  # run-length changes are allowed
+  assert resumed['step'] == 20
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(task__name='mnist'), "unknown task 'mnist'"),
+    (dict(optimizer__b1=2.0), 'optimizer.b1'),
+    (dict(global_batch_size=100, mesh__data=8), 'divisible'),
+    (dict(global_batch_size=128, grad_accum_steps=3), 'grad_accum_steps=3'),
+    (dict(target=('bleu', 1.0, 'above')), "'bleu' is not an eval metric"),
+    (dict(target=('loss', 1.0, 'sideways')), 'direction'),
+    (dict(num_steps=0), 'num_steps=0'),
+    (dict(schedule__warmup_steps=10_000), 'warmup_steps'),
+    (dict(task__generate=False, task__dataset='nowhere'), 'no gas-sensor data'),
+])
+def test_bad_config_is_refused_before_the_workdir_exists(tmp_path, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    run(tmp_path, devices=jax.devices(), **overrides)
+  assert not (tmp_path / 'run').exists()

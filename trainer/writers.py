@@ -1,0 +1,72 @@
+"""Metric writers: clu's TensorBoard + logging writers, plus `metrics.jsonl`.
+
+Scalars are written as '<split>/<name>' (TensorBoard groups them by split).
+`metrics.jsonl` is what `results/` reads: one line per (step, split) with the
+unprefixed names and the run timers at that moment, so curves can be drawn
+against steps or against train-seconds without TensorBoard.
+"""
+
+import collections
+import json
+import os
+from typing import Callable, Mapping
+
+import numpy as np
+from clu import metric_writers
+from clu.metric_writers import interface
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class JsonlWriter(interface.MetricWriter):
+  """Appends {"step", "split", metrics..., timers...} lines; flushes every write."""
+
+  def __init__(self, path: str, timers: Callable[[], Mapping[str, float]]):
+    self._path = path
+    self._timers = timers
+
+  def write_scalars(self, step, scalars):
+    by_split = collections.defaultdict(dict)
+    for key, value in scalars.items():
+      split, _, name = key.rpartition('/')
+      by_split[split or 'train'][name] = float(np.asarray(value))
+    timers = self._timers()
+    with open(self._path, 'a') as f:
+      for split, values in by_split.items():
+        f.write(json.dumps({'step': int(step), 'split': split, **values, **timers}) + '\n')
+
+  # Only scalars go to the JSONL file; everything else is TensorBoard's.
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_hparams(self, hparams): pass
+  def flush(self): pass
+  def close(self): pass
+
+
+def truncate_after(path: str, step: int) -> None:
+  """Drops lines past `step`: a resumed run recomputes them from its checkpoint."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    everything = f.readlines()
+  kept = [line for line in everything if line.strip() and json.loads(line)['step'] <= step]
+  if len(kept) == len(everything):
+    return
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(path + '.tmp', path)
+
+
+def create(workdir: str, is_main_process: bool,
+           timers: Callable[[], Mapping[str, float]]) -> interface.MetricWriter:
+  """TensorBoard events + log lines (+ metrics.jsonl on the main process)."""
+  tensorboard = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main_process, asynchronous=False)
+  if not is_main_process:
+    return tensorboard
+  return metric_writers.MultiWriter(
+      [tensorboard, JsonlWriter(os.path.join(workdir, METRICS_FILE), timers)])
