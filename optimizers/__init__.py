@@ -19,6 +19,7 @@ import optax
 from configs import ConfigError
 from optimizers import first_order
 from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
+from optimizers import shampoo
 
 COMMON_DEFAULTS = dict(
     learning_rate=1e-3,
@@ -39,6 +40,8 @@ REGISTRY: dict[str, Optimizer] = {
     'sgd': Optimizer(first_order.SGD_DEFAULTS, first_order.sgd),
     'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
     'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
+    'shampoo': Optimizer(shampoo.DEFAULTS,
+                         lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS})),
 }
 
 

@@ -29,3 +29,24 @@ def test_bad_mesh_shapes(axes, message):
 def test_mesh_uses_the_given_devices_in_axis_order():
   mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
   assert mesh.axis_names == ('data', 'model') and mesh.devices.shape == (4, 2)
+
+
+def test_optimizer_state_follows_params_and_spreads_block_stacks():
+  import jax.numpy as jnp
+  import optax
+  from jax.sharding import NamedSharding, PartitionSpec
+  from optimizers import shampoo
+
+  mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
+  params = {'w': jnp.zeros((16, 16)), 'b': jnp.zeros(16)}
+  param_shardings = {'w': NamedSharding(mesh, PartitionSpec(None, 'model')), 'b': partitioning.replicated(mesh)}
+  for tx in (optax.adam(0.1), shampoo.shampoo(0.1, block_size=4)):
+    state = jax.eval_shape(tx.init, params)
+    shardings = partitioning.optimizer_state_shardings(state, params, param_shardings, mesh)
+    flat = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+    moments = [s for k, s in flat.items() if k.endswith("['w']")]
+    assert moments and all(s == param_shardings['w'] for s in moments)
+    stacks = [s for k, s in flat.items() if "stats" in k or "roots'" in k]
+    if tx is not None and stacks:  # shampoo: 16 blocks x 2 statistics = 32 per stack
+      assert all(s.spec == PartitionSpec(('data', 'model')) for s in stacks)
+  assert stacks  # the last optimizer checked was shampoo

@@ -201,3 +201,21 @@ def test_bad_config_is_refused_before_the_workdir_exists(tmp_path, overrides, me
   with pytest.raises(ConfigError, match=message):
     run(tmp_path, devices=jax.devices(), **overrides)
   assert not (tmp_path / 'run').exists()
+
+
+def test_shampoo_with_stacks_sharded_over_8_devices_matches_one_device(tmp_path):
+  # block_size 4 cuts the 32x32 hidden kernel into 64 blocks: 128 statistics, 16 per device.
+  # Damping 1e-3 keeps roots well conditioned: at condition ~1e6 float32 roots carry ~1e-3
+  # relative error, and different reduction orders would differ at that level.
+  common = dict(num_steps=12, log_every=1, eval_every=12, task__depth=2, optimizer__block_size=4,
+                optimizer__start_preconditioning_step=2, optimizer__matrix_epsilon=1e-3)
+  run(tmp_path, 'lp_regression_shampoo', workdir='one', **common)
+  run(tmp_path, 'lp_regression_shampoo', workdir='eight', devices=jax.devices(), mesh__data=4,
+      mesh__model=2, **common)
+  np.testing.assert_allclose([r['loss'] for r in lines(tmp_path / 'eight')],
+                             [r['loss'] for r in lines(tmp_path / 'one')], rtol=1e-4)
+
+
+def test_tiny_shampoo_config_reaches_its_target(tmp_path):
+  summary = run(tmp_path, 'lp_regression_shampoo')
+  assert summary['status'] == 'completed' and summary['steps_to_target'] is not None

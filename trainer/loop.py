@@ -215,7 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   state_shardings = TrainState(
       step=replicated, params=param_shardings, model_state=model_state_shardings,
       opt_state=partitioning.optimizer_state_shardings(
-          tx, abstract_state.opt_state, param_shardings, mesh),
+          abstract_state.opt_state, abstract_state.params, param_shardings, mesh),
       rng=replicated)
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
   meta = {'steps_to_target': None, 'train_seconds_to_target': None}

@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import ConfigError
@@ -53,12 +52,30 @@ def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules) -> object:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def optimizer_state_shardings(tx: optax.GradientTransformation, abstract_state, param_shardings,
-                              mesh: Mesh):
-  """Parameter-shaped parts of the state follow their parameter; the rest is replicated."""
-  return optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_state, param_shardings,
-      transform_non_params=lambda _: replicated(mesh))
+def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, mesh: Mesh):
+  """Shardings for any optimizer's state, from where its leaves sit.
+
+  A leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
+  moments, momentum, graft accumulators) follows the parameter. A stack of blocks
+  (rank >= 3, leading axis divisible by the device count: Shampoo's statistics and
+  roots) is spread over all mesh axes, so each device updates and roots its share.
+  Everything else (counters, small stacks) is replicated.
+  """
+  params = [(jax.tree_util.keystr(path), leaf.shape, sharding) for (path, leaf), sharding in zip(
+      jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings))]
+  params.sort(key=lambda p: -len(p[0]))  # longest (most specific) path first
+  stacked = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+
+  def choose(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for param_path, shape, sharding in params:
+      if key.endswith(param_path) and leaf.shape == shape:
+        return sharding
+    if leaf.ndim >= 3 and leaf.shape[0] % mesh.size == 0:
+      return stacked
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(choose, abstract_state)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
