@@ -1,0 +1,339 @@
+"""Shampoo (optimizers/shampoo.py) against float64 NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ConfigError
+from optimizers import shampoo
+
+# Full-matrix Shampoo alone: no grafting, momentum, merging or delay, and a fixed (absolute) ridge.
+PLAIN = dict(graft_type='none', beta1=0.0, beta2=1.0, start_preconditioning_step=0,
+             relative_matrix_epsilon=False, matrix_epsilon=1e-3, merge_small_dims_block_size=1)
+U = 2.0**-24  # float32 unit roundoff
+
+
+def random_grads(shapes, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(steps)]
+
+
+def run(grads, **hyperparameters):
+  """scale_by_shampoo's direction at every step of the gradient sequence, and the last state."""
+  tx = shampoo.scale_by_shampoo(**hyperparameters)
+  params = jax.tree.map(jnp.zeros_like, grads[0])
+  state, update = tx.init(params), jax.jit(tx.update)
+  directions = []
+  for g in grads:
+    direction, state = update(g, state, params)
+    directions.append(jax.tree.map(np.asarray, direction))
+  return directions, state
+
+
+def power(a, exponent):
+  """Symmetric positive definite `a` to a real power, in float64 through eigh."""
+  w, v = np.linalg.eigh(np.asarray(a, np.float64))
+  return (v * w**exponent) @ v.T
+
+
+def gram(t, axis):
+  """G_(axis) G_(axis)^T for the mode-`axis` unfolding of t."""
+  others = [i for i in range(t.ndim) if i != axis]
+  return np.tensordot(t, t, axes=(others, others))
+
+
+def reference(grads, beta2=1.0, epsilon=1e-3, exponent_override=0, statistics_compute_steps=1,
+              refresh=lambda t: True):
+  """Float64 Shampoo directions of one block's gradient sequence (no grafting, momentum or delay)."""
+  grads = [np.asarray(g, np.float64) for g in grads]
+  p = exponent_override or 2 * grads[0].ndim
+  stats = [np.zeros((d, d)) for d in grads[0].shape]
+  directions = []
+  for t, g in enumerate(grads):
+    if t % statistics_compute_steps == 0:
+      stats = [s + gram(g, i) if beta2 == 1.0 else beta2 * s + (1 - beta2) * gram(g, i)
+               for i, s in enumerate(stats)]
+    if refresh(t):
+      roots = [power(s + epsilon * np.eye(len(s)), -1 / p) for s in stats]
+    direction = g
+    for i, root in enumerate(roots):
+      direction = np.moveaxis(np.tensordot(root, direction, axes=(1, i)), 0, i)
+    directions.append(direction)
+  return directions
+
+
+def graft(grads, graft_type, beta2=1.0, epsilon=1e-10):
+  """Float64 graft directions of one parameter's gradient sequence ('none': the gradient)."""
+  kind = graft_type.removesuffix('_normalized')
+  accumulator, directions = 0.0, []
+  for t, g in enumerate(grads):
+    g = np.asarray(g, np.float64)
+    if graft_type.endswith('_normalized'):
+      g = g / np.linalg.norm(g)
+    second_moment = accumulator
+    if kind == 'adagrad':
+      accumulator = second_moment = accumulator + g * g
+    elif kind == 'rmsprop':  # bias-corrected, as in Adam
+      accumulator = beta2 * accumulator + (1 - beta2) * g * g
+      second_moment = accumulator / (1 - beta2 ** (t + 1))
+    directions.append(g if kind in ('none', 'sgd') else g / (np.sqrt(second_moment) + epsilon))
+  return directions
+
+
+def rescale(direction, norm_from):
+  return direction * np.linalg.norm(norm_from) / np.linalg.norm(direction)
+
+
+def assert_close(actual, expected, rtol):
+  """Elementwise, with the absolute slack scaled to the largest expected entry."""
+  expected = np.asarray(expected, np.float64)
+  np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol,
+                             atol=rtol * np.abs(expected).max())
+
+
+def test_defaults():
+  assert shampoo.DEFAULTS == dict(
+      block_size=128, beta1=0.9, beta2=0.999, diagonal_epsilon=1e-10, matrix_epsilon=1e-6,
+      relative_matrix_epsilon=True, start_preconditioning_step=10, preconditioning_compute_steps=1,
+      statistics_compute_steps=1, graft_type='rmsprop_normalized', nesterov=True,
+      moving_average_for_momentum=False, exponent_override=0, inverse_failure_threshold=0.1,
+      skip_preconditioning_dim_size_gt=4096, merge_small_dims_block_size=4096, root_method='newton',
+      newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32')
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(root_method='newton'),
+    dict(root_method='eigh'),
+    dict(root_method='newton', beta2=0.9),
+    dict(root_method='eigh', exponent_override=4, statistics_compute_steps=2),
+], ids=['newton', 'eigh', 'ema', 'override'])
+def test_matches_numpy_full_matrix_shampoo(overrides):
+  """A matrix and a rank-3 tensor in one tree, every step, against float64."""
+  shapes = {'w': (6, 4), 't': (3, 4, 5)}
+  grads = random_grads(shapes, steps=4)
+  ours, _ = run(grads, **{**PLAIN, **overrides})
+  reference_kw = {k: v for k, v in overrides.items() if k != 'root_method'}
+  for name in shapes:
+    expected = reference([g[name] for g in grads], **reference_kw)
+    for t in range(4):
+      assert_close(ours[t][name], expected[t], rtol=1e-3)
+
+
+def test_shampoo_is_minus_learning_rate_times_direction():
+  """The chain with a learning rate (a bias keeps it cheap: no roots to compile)."""
+  grads = random_grads({'b': (5,)}, steps=2)
+  hyperparameters = {**PLAIN, 'graft_type': 'adagrad'}
+  directions, _ = run(grads, **hyperparameters)
+  tx = shampoo.shampoo(0.5, **hyperparameters)
+  params = {'b': jnp.zeros(5)}
+  state, update = tx.init(params), jax.jit(tx.update)
+  for g, direction in zip(grads, directions):
+    updates, state = update(g, state, params)
+    assert_close(updates['b'], -0.5 * direction['b'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('p', [2, 4, 8])
+@pytest.mark.parametrize('method', ['newton', 'eigh'])
+def test_inverse_pth_root_accuracy(method, p):
+  """Float32 roots of 8x8 matrices with condition numbers 1 to 1e6 against float64 eigh.
+
+  A float32 method that is backward stable perturbs A by about u ||A||, which moves the
+  smallest eigenvalue by a relative kappa u and its root, the largest part of the result,
+  by kappa u / p (u = 2^-24). The bound is twice that, with a floor for round-off at kappa = 1.
+  """
+  conditions = [1e0, 1e2, 1e4, 1e6]
+  rng = np.random.default_rng(p)
+  matrices = []
+  for kappa in conditions:
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    a = (q * np.logspace(0, -np.log10(kappa), 8)) @ q.T
+    matrices.append((a + a.T) / 2)
+  matrices = np.stack(matrices).astype(np.float32)
+  roots, errors = shampoo.inverse_pth_root(jnp.asarray(matrices), p, epsilon=1e-12,
+                                           relative_epsilon=False, method=method)
+  assert roots.shape == matrices.shape and errors.shape == (4,)
+  for a, root, kappa in zip(matrices, np.asarray(roots, np.float64), conditions):
+    expected = power(a + 1e-12 * np.eye(8), -1 / p)
+    relative_error = np.linalg.norm(root - expected) / np.linalg.norm(expected)
+    assert relative_error < 1e-5 + 2 * kappa * U / p, (kappa, relative_error)
+  errors = np.asarray(errors)
+  assert np.all(np.isfinite(errors))
+  if method == 'newton':  # a converged iteration leaves max|M - I| at a few ulps
+    assert np.all(errors < 1e-4), errors
+  else:
+    np.testing.assert_array_equal(errors, 0.0)
+
+
+@pytest.mark.parametrize('method', ['newton', 'eigh'])
+def test_inverse_pth_root_relative_epsilon(method):
+  """The ridge is epsilon x lambda_max: a 1e-3 ridge takes kappa = 1e6 down to about 1e3."""
+  rng = np.random.default_rng(1)
+  q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+  a = (q * np.logspace(1, -5, 8)) @ q.T
+  a = ((a + a.T) / 2).astype(np.float32)
+  roots, _ = shampoo.inverse_pth_root(jnp.asarray(a[None]), 4, epsilon=1e-3, relative_epsilon=True,
+                                      method=method)
+  expected = power(a + 1e-3 * np.linalg.eigvalsh(a.astype(np.float64)).max() * np.eye(8), -1 / 4)
+  relative_error = np.linalg.norm(np.asarray(roots[0], np.float64) - expected) / np.linalg.norm(expected)
+  assert relative_error < 1e-5 + 2 * 1e3 * U / 4, relative_error
+
+
+def test_block_size_covering_every_dim_is_no_blocking():
+  """block_size equal to the largest dim and far above it: bitwise the same (default settings otherwise)."""
+  shapes = {'w': (8, 10), 't': (2, 2, 2)}
+  grads = random_grads(shapes, steps=3)
+  hyperparameters = dict(start_preconditioning_step=0, merge_small_dims_block_size=1)
+  exact, _ = run(grads, block_size=10, **hyperparameters)
+  loose, _ = run(grads, block_size=128, **hyperparameters)
+  for a, b in zip(exact, loose):
+    for name in shapes:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize('graft_type', ['none', 'adagrad_normalized'])
+def test_blocks_are_preconditioned_and_grafted_independently(graft_type):
+  """8x10 in blocks of 4: 4x4 blocks and 4x2 ones (padded inside), each its own Shampoo and graft norm."""
+  grads = [g['w'] for g in random_grads({'w': (8, 10)}, steps=3)]
+  ours, _ = run([{'w': g} for g in grads], **{**PLAIN, 'block_size': 4, 'graft_type': graft_type})
+  grafted = graft(grads, graft_type)
+  for r in range(0, 8, 4):
+    for c in range(0, 10, 4):
+      preconditioned = reference([g[r:r + 4, c:c + 4] for g in grads])
+      for t in range(3):
+        expected = preconditioned[t]
+        if graft_type != 'none':
+          expected = rescale(expected, grafted[t][r:r + 4, c:c + 4])
+        assert_close(ours[t]['w'][r:r + 4, c:c + 4], expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize('graft_type', ['sgd', 'adagrad', 'rmsprop', 'rmsprop_normalized'])
+def test_grafting_takes_the_graft_norm(graft_type):
+  """Graft alone before the start step; after it, Shampoo's direction with the graft's norm."""
+  grads = [g['w'] for g in random_grads({'w': (6, 4)}, steps=3)]
+  ours, _ = run([{'w': g} for g in grads],
+                **{**PLAIN, 'graft_type': graft_type, 'beta2': 0.9, 'start_preconditioning_step': 1})
+  grafted, preconditioned = graft(grads, graft_type, beta2=0.9), reference(grads, beta2=0.9)
+  assert_close(ours[0]['w'], grafted[0], rtol=1e-5)
+  for t in (1, 2):
+    assert np.linalg.norm(ours[t]['w']) == pytest.approx(np.linalg.norm(grafted[t]), rel=1e-5)
+    assert_close(ours[t]['w'], rescale(preconditioned[t], grafted[t]), rtol=1e-3)
+
+
+def test_root_schedule_start_step_and_one_compile():
+  """Roots at t % 3 == 0 and at the start step 4; graft alone before it; one trace for all steps."""
+  grads = [g['w'] for g in random_grads({'w': (6, 4)}, steps=10)]
+  tx = shampoo.scale_by_shampoo(**{**PLAIN, 'graft_type': 'adagrad', 'start_preconditioning_step': 4,
+                                   'preconditioning_compute_steps': 3})
+  traces = []
+
+  @jax.jit
+  def update(g, state, params):
+    traces.append(None)
+    return tx.update(g, state, params)
+
+  params = {'w': jnp.zeros((6, 4))}
+  state = tx.init(params)
+  grafted = graft(grads, 'adagrad')
+  preconditioned = reference(grads, refresh=lambda t: t % 3 == 0 or t == 4)
+  for t, g in enumerate(grads):
+    direction, state = update({'w': g}, state, params)
+    if t < 4:
+      assert_close(direction['w'], grafted[t], rtol=1e-5)
+    else:
+      assert_close(direction['w'], rescale(preconditioned[t], grafted[t]), rtol=1e-3)
+  assert state.count.shape == () and state.count.dtype == jnp.int32 and int(state.count) == 10
+  assert int(state.root_refreshes) == 5  # t = 0, 3, 4, 6, 9
+  assert len(traces) == 1
+
+
+def test_failed_roots_keep_the_previous_root():
+  """Roots start as identities; NaN statistics keep the last good roots and count each failed matrix."""
+  grads = random_grads({'w': (6, 4)}, steps=2)
+  tx = shampoo.scale_by_shampoo(**PLAIN)
+  params = {'w': jnp.zeros((6, 4))}
+  state, update = tx.init(params), jax.jit(tx.update)
+  for roots in state.roots.values():
+    np.testing.assert_array_equal(roots, np.broadcast_to(np.eye(roots.shape[-1]), roots.shape))
+  _, state = update(grads[0], state, params)
+  assert int(state.failed_roots) == 0
+  previous = jax.tree.map(np.asarray, state.roots)
+  poisoned = sorted(state.stats)[0]
+  state = state._replace(stats={**state.stats, poisoned: jnp.full_like(state.stats[poisoned], jnp.nan)})
+  _, state = update(grads[1], state, params)
+  assert int(state.root_refreshes) == 2
+  np.testing.assert_array_equal(state.roots[poisoned], previous[poisoned])
+  assert int(state.failed_roots) == state.stats[poisoned].shape[0]
+  for key in set(state.roots) - {poisoned}:
+    assert np.all(np.isfinite(state.roots[key]))
+    assert not np.array_equal(state.roots[key], previous[key])
+
+
+def test_bfloat16_statistics():
+  """Statistics and roots stored in bfloat16; directions within 5% of float32's."""
+  shapes = {'w': (6, 5), 'b': (5,)}
+  grads = random_grads(shapes, steps=3)
+  hyperparameters = dict(start_preconditioning_step=1, merge_small_dims_block_size=1)
+  full, _ = run(grads, **hyperparameters)
+  half, state = run(grads, statistics_dtype='bfloat16', **hyperparameters)
+  for leaf in jax.tree.leaves((state.stats, state.roots)):
+    assert leaf.dtype == jnp.bfloat16
+  for a, b in zip(half, full):
+    for name in shapes:
+      assert np.all(np.isfinite(a[name]))
+      assert np.linalg.norm(a[name] - b[name]) < 5e-2 * np.linalg.norm(b[name])
+
+
+def test_small_dims_are_merged():
+  """[2, 3, 4] with a merge limit of 6 is the [6, 4] matrix; [3, 3, 64, 64] gets [576, 64] statistics."""
+  grads = random_grads({'t': (2, 3, 4)}, steps=2)
+  merged, _ = run(grads, **{**PLAIN, 'merge_small_dims_block_size': 6})
+  matrix, _ = run([{'t': g['t'].reshape(6, 4)} for g in grads], **PLAIN)
+  for a, b in zip(merged, matrix):
+    np.testing.assert_allclose(a['t'].reshape(6, 4), b['t'], rtol=1e-6)
+  state = shampoo.scale_by_shampoo(block_size=1024).init({'k': jnp.zeros((3, 3, 64, 64))})
+  assert {s.shape[-1] for s in state.stats.values()} == {576, 64}
+
+
+@pytest.mark.parametrize('graft_type', ['adagrad', 'none'])
+def test_rank1_and_oversized_params_get_the_graft_only(graft_type):
+  """A bias and a matrix with a dim above skip_preconditioning_dim_size_gt=5; a 3x4 matrix is preconditioned."""
+  shapes = {'b': (5,), 'w': (6, 4), 'm': (3, 4)}
+  grads = random_grads(shapes, steps=2)
+  ours, _ = run(grads, **{**PLAIN, 'graft_type': graft_type, 'skip_preconditioning_dim_size_gt': 5})
+  for name in ('b', 'w'):
+    expected = graft([g[name] for g in grads], graft_type)
+    for t in range(2):
+      assert_close(ours[t][name], expected[t], rtol=1e-5)
+  m = [g['m'] for g in grads]
+  grafted, preconditioned = graft(m, graft_type), reference(m)
+  for t in range(2):
+    expected = preconditioned[t] if graft_type == 'none' else rescale(preconditioned[t], grafted[t])
+    assert_close(ours[t]['m'], expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('block_size', 0), ('beta2', 1.5), ('beta1', -0.1), ('graft_type', 'nope'),
+    ('matrix_epsilon', -1.0), ('root_method', 'svd'),
+])
+def test_bad_hyperparameters_name_the_field(field, value):
+  with pytest.raises(ConfigError, match=rf'\b{field}\b'):
+    shampoo.scale_by_shampoo(**{field: value})
+
+
+@pytest.mark.parametrize('nesterov,moving_average', [(False, False), (True, False), (True, True)])
+def test_momentum_on_the_grafted_direction(nesterov, moving_average):
+  """beta1 momentum over the (here sgd-grafted, pre-start) direction: heavy ball or EMA, Nesterov."""
+  beta1 = 0.8
+  tx = shampoo.scale_by_shampoo(beta1=beta1, nesterov=nesterov, moving_average_for_momentum=moving_average,
+                                graft_type='sgd', start_preconditioning_step=100)
+  rng = np.random.default_rng(7)
+  grads = [rng.normal(size=(3, 2)) for _ in range(4)]
+  state = tx.init({'w': jnp.zeros((3, 2))})
+  fresh = 1 - beta1 if moving_average else 1.0
+  m = np.zeros((3, 2))
+  for g in grads:
+    update, state = tx.update({'w': jnp.asarray(g, jnp.float32)}, state)
+    m = beta1 * m + fresh * g
+    expected = beta1 * m + fresh * g if nesterov else m
+    np.testing.assert_allclose(update['w'], expected, rtol=1e-5)
