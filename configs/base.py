@@ -56,5 +56,6 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   # (eval metric, value, 'above' | 'below'); the first eval meeting it is recorded.
   config.target = ('loss', 0.0, 'below')
   config.stop_at_target = False
+  config.log_optimizer_metrics = False  # e.g. Shampoo root errors / failed roots, with train metrics
   return config
 

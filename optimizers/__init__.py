@@ -34,6 +34,8 @@ WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
 class Optimizer(NamedTuple):
   defaults: dict
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
+  # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
+  metrics: Callable[[optax.OptState], dict] = lambda state: {}
 
 
 REGISTRY: dict[str, Optimizer] = {
@@ -41,7 +43,8 @@ REGISTRY: dict[str, Optimizer] = {
     'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
     'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
     'shampoo': Optimizer(shampoo.DEFAULTS,
-                         lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS})),
+                         lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
+                         shampoo.metrics),
 }
 
 
@@ -68,6 +71,11 @@ def _check_common(cfg: ml_collections.ConfigDict) -> None:
   if cfg.weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ConfigError(f'optimizer.weight_decay_mode={cfg.weight_decay_mode!r}: '
                       f'choose one of {", ".join(WEIGHT_DECAY_MODES)}')
+
+
+def state_metrics(name: str):
+  """The optimizer's state-health function (empty dict for those that have none)."""
+  return _lookup(name).metrics
 
 
 def _decay_mask(decay_rank1: bool):

@@ -18,8 +18,8 @@ root refresh are one batched op per bucket, and the trainer can shard the stacks
 Roots: coupled Newton iteration (or eigh), damped by `matrix_epsilon` (times the
 largest eigenvalue, by power iteration, when `relative_matrix_epsilon`); a root with
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
-refreshed every `preconditioning_compute_steps` (and at `start_preconditioning_step`)
-inside the jitted step with `lax.cond`. Grafting rescales each block of the Shampoo
+refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
+updates, inside the jitted step with `lax.cond` (never before the start: unused there). Grafting rescales each block of the Shampoo
 direction to the norm of the graft's direction for that block; before
 `start_preconditioning_step` the graft direction is used alone.
 """
@@ -355,7 +355,8 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
         failed += jnp.sum(~ok)
       return out_roots, out_errors, failed
 
-    refresh = (count % hp['preconditioning_compute_steps'] == 0) | (count == start)
+    # Roots are only used from `start` on: none before, one at `start`, then every k updates.
+    refresh = (count >= start) & ((count % hp['preconditioning_compute_steps'] == 0) | (count == start))
     roots, root_errors, failed = jax.lax.cond(
         refresh, new_roots, lambda args: (args[1], args[2], jnp.zeros((), jnp.int32)),
         (stats, state.roots, state.root_errors))
@@ -396,6 +397,20 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def metrics(opt_state) -> dict[str, jax.Array]:
+  """Preconditioner health from any optimizer state that contains a ShampooState."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ShampooState))
+           if isinstance(x, ShampooState)]
+  if not found:
+    return {}
+  state = found[0]
+  errors = jnp.concatenate([e for e in state.root_errors.values()]) if state.root_errors else jnp.zeros(1)
+  finite = jnp.where(jnp.isfinite(errors), errors, 0.0)
+  return {'shampoo_max_root_error': jnp.max(finite), 'shampoo_mean_root_error': jnp.mean(finite),
+          'shampoo_failed_roots_total': state.failed_roots,
+          'shampoo_root_refreshes_total': state.root_refreshes}
 
 
 def shampoo(learning_rate: optax.ScalarOrSchedule, **hyperparameters) -> optax.GradientTransformation:

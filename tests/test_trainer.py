@@ -219,3 +219,15 @@ def test_shampoo_with_stacks_sharded_over_8_devices_matches_one_device(tmp_path)
 def test_tiny_shampoo_config_reaches_its_target(tmp_path):
   summary = run(tmp_path, 'lp_regression_shampoo')
   assert summary['status'] == 'completed' and summary['steps_to_target'] is not None
+
+
+def test_optimizer_metrics_are_logged_only_when_enabled(tmp_path):
+  common = dict(num_steps=20, log_every=10, eval_every=20, optimizer__preconditioning_compute_steps=5,
+                optimizer__start_preconditioning_step=1)
+  run(tmp_path, 'lp_regression_shampoo', workdir='off', **common)
+  assert not any('shampoo_failed_roots_total' in r for r in lines(tmp_path / 'off'))
+  run(tmp_path, 'lp_regression_shampoo', workdir='on', log_optimizer_metrics=True, **common)
+  logged = lines(tmp_path / 'on')
+  # refreshes at t = 1 (the start step), 5, 10, 15: 2 by step 10, 4 by step 20
+  assert [r['shampoo_root_refreshes_total'] for r in logged] == [2, 4]
+  assert all(r['shampoo_failed_roots_total'] == 0 and r['shampoo_max_root_error'] < 0.1 for r in logged)

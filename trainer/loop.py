@@ -90,7 +90,7 @@ def _check_steps_and_batch(config, mesh_shape: dict[str, int], process_count: in
                         f'({process_count}) and the data axis ({data})')
 
 
-def _make_train_step(task, tx, schedule, accum_steps: int, mesh):
+def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=None):
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
   def loss_and_grads(params, model_state, batch, rng):
@@ -124,6 +124,8 @@ def _make_train_step(task, tx, schedule, accum_steps: int, mesh):
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
+    if state_metrics is not None:
+      metrics.update(state_metrics(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, metrics
@@ -256,7 +258,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   first_batch = partitioning.global_batch(next(train_iter), batch_sharding)
   with timer.pause('compile'):
     train_step = jax.jit(
-        _make_train_step(task, tx, schedule, config.grad_accum_steps, mesh),
+        _make_train_step(task, tx, schedule, config.grad_accum_steps, mesh,
+                         optimizers.state_metrics(config.optimizer.name)
+                         if config.log_optimizer_metrics else None),
         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
         donate_argnums=0).lower(state, first_batch).compile()
   eval_step = None
@@ -308,7 +312,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
           summary['diverged_at_step'] = bad + 1
           status = DIVERGED
           break
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        # Window means, except cumulative counters (`*_total`): their value at the window's end.
+        means = {k: float(fetched[-1][k] if k.endswith('_total') else np.mean([m[k] for m in fetched]))
+                 for k in fetched[0]}
         summary['final_train'] = means
         writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
         progress.loss = means['loss']
