@@ -1,8 +1,12 @@
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import ConfigError
+from optimizers import shampoo
 from trainer import partitioning
 
 
@@ -32,21 +36,28 @@ def test_mesh_uses_the_given_devices_in_axis_order():
 
 
 def test_optimizer_state_follows_params_and_spreads_block_stacks():
-  import jax.numpy as jnp
-  import optax
-  from jax.sharding import NamedSharding, PartitionSpec
-  from optimizers import shampoo
-
   mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
   params = {'w': jnp.zeros((16, 16)), 'b': jnp.zeros(16)}
-  param_shardings = {'w': NamedSharding(mesh, PartitionSpec(None, 'model')), 'b': partitioning.replicated(mesh)}
-  for tx in (optax.adam(0.1), shampoo.shampoo(0.1, block_size=4)):
+  param_shardings = {'w': NamedSharding(mesh, PartitionSpec(None, 'model')),
+                     'b': partitioning.replicated(mesh)}
+
+  def shardings_of(tx):
     state = jax.eval_shape(tx.init, params)
     shardings = partitioning.optimizer_state_shardings(state, params, param_shardings, mesh)
-    flat = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
-    moments = [s for k, s in flat.items() if k.endswith("['w']")]
+    return {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+
+  for tx in (optax.adam(0.1), shampoo.shampoo(0.1, block_size=4)):
+    moments = [s for k, s in shardings_of(tx).items() if k.endswith("['w']")]
     assert moments and all(s == param_shardings['w'] for s in moments)
-    stacks = [s for k, s in flat.items() if "stats" in k or "roots'" in k]
-    if tx is not None and stacks:  # shampoo: 16 blocks x 2 statistics = 32 per stack
-      assert all(s.spec == PartitionSpec(('data', 'model')) for s in stacks)
-  assert stacks  # the last optimizer checked was shampoo
+  # 16 blocks x 2 statistics = 32 per stack: spread over all 8 devices.
+  stacks = [s for k, s in shardings_of(shampoo.shampoo(0.1, block_size=4)).items()
+            if '.stats' in k or '.roots' in k]
+  assert stacks and all(s.spec == PartitionSpec(('data', 'model')) for s in stacks)
+
+
+def test_a_stack_spreads_over_the_largest_axis_set_that_divides_it():
+  mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
+  specs = {n: partitioning.optimizer_state_shardings(
+      jax.ShapeDtypeStruct((n, 8, 8), 'float32'), {}, {}, mesh).spec for n in (16, 12, 6, 3)}
+  assert specs == {16: PartitionSpec(('data', 'model')), 12: PartitionSpec(('data',)),
+                   6: PartitionSpec(('model',)), 3: PartitionSpec()}

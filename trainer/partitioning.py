@@ -1,5 +1,6 @@
 """Mesh from config.mesh, and shardings from the task's logical axis names."""
 
+import itertools
 import math
 from typing import Sequence
 
@@ -57,22 +58,27 @@ def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, 
 
   A leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
   moments, momentum, graft accumulators) follows the parameter. A stack of blocks
-  (rank >= 3, leading axis divisible by the device count: Shampoo's statistics and
-  roots) is spread over all mesh axes, so each device updates and roots its share.
-  Everything else (counters, small stacks) is replicated.
+  (rank >= 3: Shampoo's statistics and roots) is spread over the mesh axes whose
+  combined size divides its length, as many devices as possible, so each device
+  updates and roots its share. Everything else (counters) is replicated.
   """
   params = [(jax.tree_util.keystr(path), leaf.shape, sharding) for (path, leaf), sharding in zip(
       jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings))]
   params.sort(key=lambda p: -len(p[0]))  # longest (most specific) path first
-  stacked = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+  axis_sets = [axes for r in range(len(mesh.axis_names), 0, -1)
+               for axes in itertools.combinations(mesh.axis_names, r)]
+  axis_sets.sort(key=lambda axes: -math.prod(mesh.shape[a] for a in axes))  # most devices first
 
   def choose(path, leaf):
     key = jax.tree_util.keystr(path)
     for param_path, shape, sharding in params:
       if key.endswith(param_path) and leaf.shape == shape:
         return sharding
-    if leaf.ndim >= 3 and leaf.shape[0] % mesh.size == 0:
-      return stacked
+    if leaf.ndim >= 3:
+      for axes in axis_sets:
+        size = math.prod(mesh.shape[a] for a in axes)
+        if size > 1 and leaf.shape[0] % size == 0:
+          return NamedSharding(mesh, PartitionSpec(axes))
     return replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(choose, abstract_state)
