@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,11 +24,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
-# Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock.
+# Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
+# (tf-keras without its dependencies: it would pull the full tensorflow wheel beside tensorflow-cpu).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))")
+	.lock-venv/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('tf-keras')))")
+	.lock-venv/bin/pip install --quiet --no-deps $$(grep -o '"tf-keras==[^"]*"' pyproject.toml | tr -d '"')
 	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
 	rm -rf .lock-venv
 

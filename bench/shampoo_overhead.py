@@ -1,4 +1,4 @@
-"""What Shampoo costs over Adam on a small MLP: step time, arithmetic floor, roots, memory.
+"""What Shampoo (and K-FAC) cost over Adam on a small MLP: step time, arithmetic floor, roots, memory.
 
     python bench/shampoo_overhead.py [--steps=200] [--batch=256] [--skip-roots]
 
@@ -71,7 +71,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import optimizers  # noqa: E402
-from optimizers import shampoo  # noqa: E402
+from optimizers import kfac, shampoo  # noqa: E402
+from tasks import losses  # noqa: E402
 
 SIZES = (256, 512, 512, 10)
 LEARNING_RATE = 1e-3
@@ -101,7 +102,7 @@ def loss_fn(params, x, labels):
     h = h @ layer['kernel'] + layer['bias']
     if i < len(layers) - 1:
       h = jax.nn.relu(h)
-  return optax.softmax_cross_entropy_with_integer_labels(h, labels).mean()
+  return losses.softmax_cross_entropy(h, labels)  # declared to K-FAC once it is loaded
 
 
 def make_step(tx):
@@ -109,14 +110,22 @@ def make_step(tx):
   def step(params, opt_state, xs, labels, i):
     x, y = jax.lax.dynamic_index_in_dim(xs, i, keepdims=False), labels[i]
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    loss_args = (params, {}, jax.random.PRNGKey(0), {'x': x, 'labels': y})  # read by K-FAC only
+    updates, opt_state = tx.update(grads, opt_state, params, loss_args=loss_args)
     return optax.apply_updates(params, updates), opt_state, loss
   return step
 
 
-def build(name: str, **overrides) -> optax.GradientTransformation:
+def build(name: str, batch: int = 256, **overrides) -> optax.GradientTransformation:
   cfg = optimizers.config(name, learning_rate=LEARNING_RATE, **overrides)
-  return optimizers.build(cfg, optax.constant_schedule(LEARNING_RATE))
+  loss = None
+  if optimizers.needs_loss(name):
+    params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    example = {'x': jax.ShapeDtypeStruct((batch, SIZES[0]), jnp.float32),
+               'labels': jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    loss = kfac.LossContext(lambda p, _, __, b: loss_fn(p, b['x'], b['labels']),
+                            (params, {}, jax.ShapeDtypeStruct((2,), jnp.uint32), example), 'mlp')
+  return optimizers.build(cfg, optax.constant_schedule(LEARNING_RATE), loss)
 
 
 def find_shampoo_state(state):
@@ -267,6 +276,9 @@ def main():
       'shampoo', preconditioning_compute_steps=KS[1], start_preconditioning_step=1, root_method='eigh')))
   runs.append(('shampoo, no refresh', 0, build(
       'shampoo', preconditioning_compute_steps=10**9, start_preconditioning_step=1)))
+  # K-FAC with kfac-jax's defaults: factors every step, inverses every 5 (a window of
+  # --steps holds steps / 5 inverse refreshes).
+  runs.append(('kfac (inverses every 5)', None, build('kfac', args.batch)))
   params = init_params(jax.random.PRNGKey(0))
   extra, fwd_bwd = floor_flops([p.shape for p in jax.tree.leaves(params)], args.batch, block_size)
   floor = 1 + extra / fwd_bwd
@@ -281,7 +293,7 @@ def main():
     r = trainers[name]
     s = find_shampoo_state(r.opt_state)
     counts = ('-', '-') if s is None else (int(s.root_refreshes), int(s.failed_roots))
-    floor_cell = '1' if k is None else f'{floor:.3f}'
+    floor_cell = '1' if name == 'adam' else '-' if name.startswith('kfac') else f'{floor:.3f}'
     print(f'| {name} | {r.ms:.3f} | {100 * r.spread:.0f}% | {r.ms / trainers["adam"].ms:.2f} | {floor_cell} | '
           f'{r.compile_s:.2f} | {counts[0]} | {counts[1]} | {float(r.loss):.4g} |')
   total = max(KS) + 1 + WINDOWS * args.steps
@@ -321,7 +333,7 @@ def main():
   print('| optimizer | state bytes | param bytes | state / params |')
   print('|---|---|---|---|')
   param_bytes = tree_bytes(params)
-  for name, tx in (('adam', build('adam')), ('shampoo', runs[1][2])):
+  for name, tx in (('adam', build('adam')), ('shampoo', runs[1][2]), ('kfac', runs[-1][2])):
     state_bytes = tree_bytes(tx.init(params))
     print(f'| {name} | {state_bytes:,} | {param_bytes:,} | {state_bytes / param_bytes:.2f} |')
 

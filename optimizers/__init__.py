@@ -6,8 +6,10 @@ learning-rate schedule mean the same thing for all of them:
     clip by global norm -> [coupled weight decay] -> direction -> [decoupled weight decay] -> x -lr(step)
 
 An optimizer contributes only its *direction* (momentum, Adam's moments,
-Adagrad's accumulator, Shampoo's preconditioner...), a GradientTransformation
-built from its config block.
+Adagrad's accumulator, Shampoo's preconditioner, K-FAC's curvature...), a
+GradientTransformation built from its config block. One that needs the task's
+loss (K-FAC) declares it and gets a `kfac.LossContext`; its update then reads the
+extra argument `loss_args` that the trainer passes to every update.
 """
 
 from typing import Callable, NamedTuple
@@ -18,6 +20,7 @@ import optax
 
 from configs import ConfigError
 from optimizers import first_order
+from optimizers import kfac
 from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
 from optimizers import shampoo
 
@@ -36,6 +39,8 @@ class Optimizer(NamedTuple):
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
   # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
+  # Whether `direction` takes (cfg, kfac.LossContext): curvature from the task's loss.
+  needs_loss: bool = False
 
 
 REGISTRY: dict[str, Optimizer] = {
@@ -45,6 +50,7 @@ REGISTRY: dict[str, Optimizer] = {
     'shampoo': Optimizer(shampoo.DEFAULTS,
                          lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
                          shampoo.metrics),
+    'kfac': Optimizer(kfac.DEFAULTS, kfac.scale_by_kfac, needs_loss=True),
 }
 
 
@@ -73,6 +79,11 @@ def _check_common(cfg: ml_collections.ConfigDict) -> None:
                       f'choose one of {", ".join(WEIGHT_DECAY_MODES)}')
 
 
+def needs_loss(name: str) -> bool:
+  """Whether the optimizer estimates curvature from the loss (and so needs loss_args)."""
+  return _lookup(name).needs_loss
+
+
 def state_metrics(name: str):
   """The optimizer's state-health function (empty dict for those that have none)."""
   return _lookup(name).metrics
@@ -82,11 +93,17 @@ def _decay_mask(decay_rank1: bool):
   return lambda params: jax.tree.map(lambda p: decay_rank1 or p.ndim > 1, params)
 
 
-def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
+          loss: kfac.LossContext | None = None) -> optax.GradientTransformationExtraArgs:
   """The full update rule for `cfg` (config.optimizer); fails early on bad values."""
   optimizer = _lookup(cfg.name)
   _check_common(cfg)
-  direction = optimizer.direction(cfg)
+  if optimizer.needs_loss:
+    if loss is None:
+      raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')
+    direction = optimizer.direction(cfg, loss)
+  else:
+    direction = optimizer.direction(cfg)
   decay = optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask(cfg.decay_rank1))
   parts = []
   if cfg.grad_clip_norm > 0:

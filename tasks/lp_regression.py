@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from configs import ConfigError
 from data import batches, gas_sensor
+from tasks import losses
 from tasks.base import Task
 
 
@@ -76,9 +77,9 @@ class LpRegression(Task):
     return self.model.apply({'params': params}, batch['x']) - batch['y']
 
   def loss(self, params, model_state, batch, rng):
-    r = self._residuals(params, batch)
-    loss = jnp.mean(jnp.abs(r) ** self.config.task.p)
-    return loss, (model_state, {'mse': jnp.mean(r ** 2)})
+    predictions = self.model.apply({'params': params}, batch['x'])
+    loss = losses.lp_loss(predictions, batch['y'], self.config.task.p)
+    return loss, (model_state, {'mse': jnp.mean((predictions - batch['y']) ** 2)})
 
   def evaluate(self, params, model_state, batch):
     r = self._residuals(params, batch)

@@ -90,6 +90,25 @@ def _check_steps_and_batch(config, mesh_shape: dict[str, int], process_count: in
                         f'({process_count}) and the data axis ({data})')
 
 
+def _loss_context(config, task, abstract_boxed) -> optimizers.kfac.LossContext | None:
+  """The task loss for optimizers that estimate curvature from it (K-FAC), else None."""
+  if not optimizers.needs_loss(config.optimizer.name):
+    return None
+  if config.grad_accum_steps > 1:
+    raise ConfigError(
+        f'optimizer {config.optimizer.name!r} with grad_accum_steps={config.grad_accum_steps}: its '
+        f'curvature pass runs forward and backward over the whole batch at once, which would undo '
+        f'the memory saving of accumulation; use grad_accum_steps=1')
+  params, model_state = nn.unbox(abstract_boxed)
+  example = next(task.train_data(0, 1, 0))
+  batch = {k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype)
+           for k, v in example.items()}
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  return optimizers.kfac.LossContext(
+      value_fn=lambda params, model_state, rng, batch: task.loss(params, model_state, batch, rng)[0],
+      example_args=(params, model_state, rng, batch), task_name=config.task.name)
+
+
 def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=None):
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
@@ -120,7 +139,8 @@ def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=N
     rng = jax.random.fold_in(state.rng, state.step)
     compute = loss_and_grads if accum_steps == 1 else accumulated
     grads, model_state, metrics = compute(state.params, state.model_state, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   loss_args=(state.params, state.model_state, rng, batch))
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
@@ -196,10 +216,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   _check_steps_and_batch(config, mesh_shape, process_count)
   schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate,
                                         config.num_steps)
-  tx = optimizers.build(config.optimizer, schedule)
   mesh = partitioning.make_mesh(mesh_shape, devices)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
+  tx = optimizers.build(config.optimizer, schedule, _loss_context(config, task, abstract_boxed))
   workdirs.prepare(workdir, config)
 
   # ---- Shardings and the initial (or restored) state.
