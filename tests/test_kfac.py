@@ -13,6 +13,7 @@ import trainer
 from configs import ConfigError
 from conftest import load_config
 from optimizers import kfac
+from tasks import losses
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -151,3 +152,48 @@ def test_gradient_accumulation_is_refused_with_the_reason(tmp_path):
     trainer.run(load_config('lp_regression_kfac', grad_accum_steps=2), str(tmp_path / 'run'), 'k',
                 devices=ONE_DEVICE)
   assert not (tmp_path / 'run').exists()
+
+
+def classification_mlp():
+  """A tanh MLP 10-32-3 and a full batch of 512 examples labelled by a planted teacher."""
+  rng = np.random.default_rng(0)
+  mix = rng.normal(size=(10, 10)) * np.logspace(0, -1.5, 10)  # correlated, badly scaled inputs
+  x = (rng.normal(size=(512, 10)) @ mix).astype(np.float32)
+  labels = (np.tanh(x @ rng.normal(size=(10, 16))) @ rng.normal(size=(16, 3))).argmax(-1).astype(np.int32)
+  keys = jax.random.split(jax.random.PRNGKey(0))
+  params = {'w1': jax.random.normal(keys[0], (10, 32)) / np.sqrt(10),
+            'w2': jax.random.normal(keys[1], (32, 3)) / np.sqrt(32)}
+
+  def value_fn(params, model_state, rng, batch):
+    return losses.softmax_cross_entropy(jnp.tanh(batch['x'] @ params['w1']) @ params['w2'], batch['labels'])
+
+  return params, {'x': x, 'labels': labels}, value_fn
+
+
+def mlp_steps_to_loss(name, lr, target=0.02, steps=300, **hyperparameters):
+  params, batch, value_fn = classification_mlp()
+  loss = context(params, batch, value_fn, 'mlp') if optimizers.needs_loss(name) else None
+  tx = optimizers.build(optimizers.config(name, learning_rate=lr, **hyperparameters),
+                        optax.constant_schedule(lr), loss)
+
+  @jax.jit
+  def step(params, state, i):
+    value, grads = jax.value_and_grad(value_fn)(params, {}, None, batch)
+    rng = jax.random.fold_in(jax.random.PRNGKey(1), i)
+    updates, state = tx.update(grads, state, params, loss_args=(params, {}, rng, batch))
+    return optax.apply_updates(params, updates), state, value
+
+  state = tx.init(params)
+  for i in range(steps):
+    params, state, value = step(params, state, i)
+    if float(value) <= target:
+      return i
+  return None
+
+
+def test_kfac_trains_an_mlp_in_fewer_steps_than_tuned_sgd():
+  # Grids bracket each optimizer's best (measured: SGD 33 steps at lr 2.0, 48 at 1.0;
+  # K-FAC with norm constraint 0.03: 20 at lr 1.0, 24 at 2.0).
+  sgd = [mlp_steps_to_loss('sgd', lr) for lr in (1.0, 2.0, 3.0)]
+  k = [mlp_steps_to_loss('kfac', lr, norm_constraint=0.03) for lr in (0.3, 1.0, 2.0)]
+  assert min(s for s in k if s is not None) < min(s for s in sgd if s is not None), (k, sgd)
