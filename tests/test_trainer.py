@@ -231,3 +231,26 @@ def test_optimizer_metrics_are_logged_only_when_enabled(tmp_path):
   # refreshes at t = 1 (the start step), 5, 10, 15: 2 by step 10, 4 by step 20
   assert [r['shampoo_root_refreshes_total'] for r in logged] == [2, 4]
   assert all(r['shampoo_failed_roots_total'] == 0 and r['shampoo_max_root_error'] < 0.1 for r in logged)
+
+
+def test_a_lost_summary_is_rebuilt_from_the_final_checkpoint_without_training(tmp_path):
+  first = run(tmp_path, num_steps=20, eval_every=10)
+  metrics_before = (tmp_path / 'run' / 'metrics.jsonl').read_text()
+  (tmp_path / 'run' / 'summary.json').unlink()  # as if killed after the last checkpoint
+  rebuilt = run(tmp_path, num_steps=20, eval_every=10)
+  assert rebuilt['status'] == 'completed' and rebuilt['step'] == 20
+  assert rebuilt['final_eval'] == first['final_eval']
+  # from the final checkpoint, saved a few microseconds before the first run stopped its clock
+  assert rebuilt['train_seconds'] == pytest.approx(first['train_seconds'], abs=1e-2)
+  assert (tmp_path / 'run' / 'metrics.jsonl').read_text() == metrics_before
+  assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['status'] == 'completed'
+
+
+def test_a_run_stopped_at_its_target_is_not_resumed(tmp_path):
+  common = dict(num_steps=400, eval_every=10, target=('loss', 0.02, 'below'), stop_at_target=True)
+  first = run(tmp_path, **common)
+  again = run(tmp_path, **common)
+  assert again == json.loads(json.dumps(first)) and again['status'] == 'reached_target'
+  (tmp_path / 'run' / 'summary.json').unlink()
+  rebuilt = run(tmp_path, **common)
+  assert rebuilt['status'] == 'reached_target' and rebuilt['step'] == first['step']

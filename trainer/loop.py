@@ -12,6 +12,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import signal
 import sys
@@ -260,10 +261,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                   'count': len(devices), 'process_count': process_count},
       'mesh': mesh_shape, 'param_count': num_params, 'versions': _versions(),
   }
-  if start_step >= config.num_steps:
+  stopped_at_target = config.stop_at_target and meta['steps_to_target'] is not None
+  finished = start_step >= config.num_steps or stopped_at_target
+  summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
+  if finished and os.path.exists(summary_path):
     checkpointer.close()
-    logging.info('Run in %s is already at step %d >= num_steps; nothing to do', workdir, start_step)
-    with open(f'{workdir}/{workdirs.SUMMARY_FILE}') as f:
+    logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
+    with open(summary_path) as f:
       return json.load(f)
 
   writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
@@ -303,13 +307,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
     with timer.pause('checkpoint', state):
       checkpointer.save(int(state.step), state, {**meta, **timer.totals()})
 
+  status = None
+  if finished:  # killed after its last checkpoint but before summary.json: rebuild the summary
+    status = REACHED_TARGET if stopped_at_target else COMPLETED
+    with timer.pause('eval'):
+      summary['final_eval'] = evaluate(state)
+
   # ---- The loop.
   num_steps = config.num_steps
   flush_steps = {s for s in range(start_step + 1, num_steps + 1)
                  if s % config.eval_every == 0 or s % config.checkpoint_every == 0} | {num_steps}
   progress = _Progress(num_steps, config.log_every, flush_steps, enabled=is_main)
   window = []
-  status = None
   step = start_step
   timer.start_training()
   progress(step, timer.train_seconds)
@@ -368,5 +377,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                  train_seconds_to_target=meta['train_seconds_to_target'],
                  last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())
   if is_main:
-    workdirs.write_json(f'{workdir}/{workdirs.SUMMARY_FILE}', summary)
+    workdirs.write_json(summary_path, summary)
   return summary
