@@ -7,8 +7,8 @@ K-FAC has loaded kfac-jax in the process, so other optimizers do not even pay
 for kfac-jax's (slow) import.
 """
 
-import jax
 import jax.numpy as jnp
+import optax
 
 from optimizers import kfac
 
@@ -29,4 +29,4 @@ def softmax_cross_entropy(logits, labels):
   """Mean cross-entropy of integer labels, declared to K-FAC as a categorical model."""
   if module := kfac.loaded():
     module.register_softmax_cross_entropy_loss(logits, labels)
-  return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

@@ -13,7 +13,6 @@ or, with `task.generate=True`, a generated set in the same file format.
 import os
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from configs import ConfigError

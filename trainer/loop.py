@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import signal
-import sys
 from typing import Any, Sequence
 
 import flax
