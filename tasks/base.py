@@ -19,8 +19,11 @@ Metrics = dict[str, jax.Array]
 class Task(abc.ABC):
   # (logical axis name, mesh axis name or None), first match wins (Flax semantics).
   logical_axis_rules: Sequence[tuple[str, str | None]] = (('batch', 'data'),)
-  # Names that `eval_metrics` returns, so a target can be checked before training.
+  # Names that `eval_metrics` (and `decode_metrics`) return, so a target can be checked before training.
   eval_metric_names: Sequence[str] = ('loss',)
+  # Generation-based evaluation (e.g. BLEU of beam search) is slow: it runs every
+  # `decode_every` evaluations and at the last step; 0 = the task has none.
+  decode_every: int = 0
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -49,3 +52,15 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def eval_data(self, process_index: int, process_count: int) -> Iterable[Batch]:
     """One pass over the eval set, this process's share, padded with batch['weight']."""
+
+  def decode_data(self, process_index: int, process_count: int) -> Iterable[Batch]:
+    """Inputs to generate from, this process's share, with batch['weight'] and batch['index']."""
+    raise NotImplementedError
+
+  def predict(self, params, model_state, batch: Batch) -> jax.Array:
+    """Generated outputs [batch, ...] (jitted by the trainer)."""
+    raise NotImplementedError
+
+  def decode_metrics(self, index: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Host-side metrics of all generated rows (`index` says which input each row is)."""
+    raise NotImplementedError

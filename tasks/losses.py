@@ -7,6 +7,7 @@ K-FAC has loaded kfac-jax in the process, so other optimizers do not even pay
 for kfac-jax's (slow) import.
 """
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -25,8 +26,24 @@ def lp_loss(predictions, targets, p: float):
   return jnp.mean(jnp.abs(predictions - targets) ** p)
 
 
-def softmax_cross_entropy(logits, labels):
-  """Mean cross-entropy of integer labels, declared to K-FAC as a categorical model."""
+def softmax_cross_entropy(logits, labels, weights=None, label_smoothing: float = 0.0):
+  """Weighted mean cross-entropy of integer labels, declared to K-FAC as a categorical model.
+
+  `weights` (default all 1) has the labels' shape, e.g. 0 on padding tokens. With
+  `label_smoothing` the target puts that much mass uniformly over the classes; K-FAC's
+  curvature is the model's Fisher either way (it does not depend on the targets).
+  """
+  num_classes = logits.shape[-1]
+  logits, labels = logits.reshape(-1, num_classes), labels.reshape(-1)
+  weights = jnp.ones(labels.shape, logits.dtype) if weights is None else weights.reshape(-1)
+  total = jnp.maximum(jnp.sum(weights), 1.0)
   if module := kfac.loaded():
-    module.register_softmax_cross_entropy_loss(logits, labels)
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    # kfac-jax averages the registered loss over all rows; rescale to our per-weight mean.
+    module.register_softmax_cross_entropy_loss(logits, labels, mask=weights > 0,
+                                               weight=labels.shape[0] / total)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    per_row = optax.softmax_cross_entropy(logits, targets)
+  else:
+    per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.sum(per_row * weights) / total

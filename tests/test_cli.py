@@ -78,6 +78,15 @@ def test_bad_workdirs(tmp_path):
   assert afile.read_text() == 'keep me'
 
 
+def test_paper_translation_without_the_data_says_how_to_get_it(tmp_path):
+  config = os.path.join(ROOT, 'configs', 'transformer_adam.py')
+  result = main(f'--config={config}', f'--config.data_dir={tmp_path / "empty"}',
+                f'--workdir={tmp_path / "run"}')
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'tfds build wmt14_translate/fr-en' in errors(result)[0] and len(errors(result)) == 1
+  assert 'Traceback' not in result.stderr and not (tmp_path / 'run').exists()
+
+
 def test_existing_run_with_another_config_is_left_untouched(tmp_path):
   workdir = tmp_path / 'run'
   assert main(f'--config={ADAM}:tiny', '--config.num_steps=20', f'--workdir={workdir}').returncode == 0

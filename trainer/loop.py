@@ -69,6 +69,8 @@ class Target:
     return cls(metric, float(value), direction)
 
   def reached(self, metrics: dict[str, float]) -> bool:
+    if self.metric not in metrics:  # e.g. BLEU, computed only every few evaluations
+      return False
     value = metrics[self.metric]
     return value >= self.value if self.direction == 'above' else value <= self.value
 
@@ -286,21 +288,42 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                          if config.log_optimizer_metrics else None),
         in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
         donate_argnums=0).lower(state, first_batch).compile()
-  eval_step = None
+  compiled = {}
+
+  def run_compiled(fn, out_sharding, state, batch):
+    """fn(params, model_state, batch), compiled on first use (on the clock's compile time)."""
+    if fn not in compiled:
+      with timer.pause('compile'):
+        compiled[fn] = jax.jit(fn, in_shardings=(param_shardings, model_state_shardings, batch_sharding),
+                               out_shardings=out_sharding).lower(
+                                   state.params, state.model_state, batch).compile()
+    return compiled[fn](state.params, state.model_state, batch)
 
   def evaluate(state) -> dict[str, float]:
-    nonlocal eval_step
     sums = None
     for local_batch in task.eval_data(process_index, process_count):
       batch = partitioning.global_batch(local_batch, batch_sharding)
-      if eval_step is None:
-        with timer.pause('compile'):
-          eval_step = jax.jit(task.evaluate, in_shardings=(
-              param_shardings, model_state_shardings, batch_sharding),
-              out_shardings=replicated).lower(state.params, state.model_state, batch).compile()
-      out = eval_step(state.params, state.model_state, batch)
+      out = run_compiled(task.evaluate, replicated, state, batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return task.eval_metrics({k: float(v) for k, v in jax.device_get(sums).items()})
+
+  def decode_evaluate(state) -> dict[str, float]:
+    """Metrics of generated outputs (e.g. BLEU of beam search): every process gets all rows."""
+    indices, predictions = [], []
+    for local_batch in task.decode_data(process_index, process_count):
+      batch = partitioning.global_batch(local_batch, batch_sharding)
+      out = run_compiled(task.predict, batch_sharding, state, batch)
+      real = partitioning.to_host(batch['weight']) > 0
+      indices.append(partitioning.to_host(batch['index'])[real])
+      predictions.append(partitioning.to_host(out)[real])
+    return task.decode_metrics(np.concatenate(indices), np.concatenate(predictions))
+
+  def full_evaluate(state, step: int) -> dict[str, float]:
+    metrics = evaluate(state)
+    evals = step // config.eval_every
+    if task.decode_every and (evals % task.decode_every == 0 or step == config.num_steps):
+      metrics.update(decode_evaluate(state))
+    return metrics
 
   def save(state) -> None:
     with timer.pause('checkpoint', state):
@@ -310,7 +333,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   if finished:  # killed after its last checkpoint but before summary.json: rebuild the summary
     status = REACHED_TARGET if stopped_at_target else COMPLETED
     with timer.pause('eval'):
-      summary['final_eval'] = evaluate(state)
+      summary['final_eval'] = full_evaluate(state, start_step)
 
   # ---- The loop.
   num_steps = config.num_steps
@@ -349,7 +372,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
       progress(step, timer.train_seconds)
       if step % config.eval_every == 0 or step == num_steps:
         with timer.pause('eval', state):
-          eval_metrics = evaluate(state)
+          eval_metrics = full_evaluate(state, step)
         summary['final_eval'] = eval_metrics
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
         if meta['steps_to_target'] is None and target.reached(eval_metrics):

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -88,3 +89,10 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
   """Assembles the global batch from each process's rows (multi-host ready)."""
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in local_batch.items()}
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """The whole (global) array on every process, also when other hosts hold parts of it."""
+  if array.is_fully_addressable:
+    return np.asarray(jax.device_get(array))
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))

@@ -1,0 +1,292 @@
+"""WMT'14 English -> French via tensorflow-datasets: one shared sentencepiece vocabulary, packed rows.
+
+The data is the prepared tfds dataset `wmt14_translate/fr-en` ('en' is the
+source, 'fr' the target); data/synthetic_translation.py writes a small corpus in
+the same on-disk form, so tests and `tiny` configs run exactly this code.
+
+Every batch is a dict of int32 arrays [rows, max_length]:
+
+    inputs, targets            token ids, 0 = padding; every sentence ends with EOS_ID
+    inputs_segmentation,       1, 2, 3, ... for the pairs packed in a row, 0 on padding;
+    targets_segmentation       a pair's source and target have the same number
+    inputs_position,           position within the pair's own sentence, 0 on padding
+    targets_position
+
+Training rows pack several pairs; evaluation and decoding rows hold one each.
+"""
+
+import io
+import itertools
+import os
+import tempfile
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import ConfigError
+
+DATASET = 'wmt14_translate/fr-en'
+EVAL_SPLIT = 'test'  # newstest2014
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+SHUFFLE_BUFFER = 2 ** 17  # pairs, on top of shuffling the order of the files
+READ_CHUNK = 2048  # pairs read, tokenized and packed together
+
+Batch = dict[str, np.ndarray]
+
+tf.config.set_visible_devices([], 'GPU')  # JAX owns the accelerators; TensorFlow only reads files
+
+
+def dataset_dir(data_dir: str) -> str:
+  return os.path.join(data_dir, *DATASET.split('/'))
+
+
+def is_prepared(data_dir: str) -> bool:
+  return tfds.builder(DATASET, data_dir=data_dir).is_prepared()
+
+
+def check_prepared(data_dir: str) -> None:
+  """Fails early, with the way to get the data, rather than deep inside tfds."""
+  if not is_prepared(data_dir):
+    raise ConfigError(
+        f'no prepared tfds dataset {DATASET} in {data_dir}: run '
+        f'"tfds build {DATASET} --data_dir={data_dir}" (downloads ~7 GB), point '
+        '--config.task.tfds_dir at a tfds data_dir that has it, or use a :tiny config '
+        '(generates a synthetic corpus)')
+
+
+def _read(data_dir: str, split: tfds.typing.SplitArg,
+          shuffle_seed: int | None = None) -> tf.data.Dataset:
+  """Pairs of `split` in stored order, or shuffled (files, then a buffer) by `shuffle_seed`."""
+  builder = tfds.builder(DATASET, data_dir=data_dir)
+  if shuffle_seed is None:
+    return builder.as_dataset(split=split, shuffle_files=False)
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+  pairs = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+  return pairs.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
+
+
+def _text_chunks(pairs: tf.data.Dataset) -> Iterator[tuple[list[str], list[str]]]:
+  """(English, French) sentences, READ_CHUNK pairs at a time."""
+  for chunk in pairs.batch(READ_CHUNK).prefetch(2).as_numpy_iterator():
+    yield [s.decode() for s in chunk['en']], [s.decode() for s in chunk['fr']]
+
+
+def read_split(data_dir: str, split: str) -> tuple[list[str], list[str]]:
+  """All (English, French) sentences of `split` ('test', 'train[:50%]', ...), in stored order."""
+  english, french = [], []
+  for en, fr in _text_chunks(_read(data_dir, split)):
+    english += en
+    french += fr
+  return english, french
+
+
+def tokenizer_path(data_dir: str, vocab_size: int) -> str:
+  return os.path.join(dataset_dir(data_dir), f'spm_{vocab_size}.model')
+
+
+def load_tokenizer(data_dir: str, vocab_size: int,
+                   max_train_pairs: int = 1_000_000) -> spm.SentencePieceProcessor:
+  """The shared English/French vocabulary, trained once on the train split, cached next to the data.
+
+  Unigram sentencepiece (its default, and what T5 and Lingvo use for WMT) on both
+  sides of up to `max_train_pairs` pairs, drawn with a fixed seed. `vocab_size` is an
+  upper bound (hard_vocab_limit=False): a tiny corpus may not have that many pieces
+  to offer, and all ids stay below it. Ids: PAD_ID, EOS_ID, UNK_ID, no BOS.
+
+  The model is trained in memory and hard-linked into place, so a crash never
+  leaves half a file, and when processes train concurrently the first file wins and
+  everyone loads that one.
+  """
+  path = tokenizer_path(data_dir, vocab_size)
+  if not os.path.exists(path):
+    check_prepared(data_dir)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_training_sentences(data_dir, max_train_pairs), model_writer=model,
+        vocab_size=vocab_size, hard_vocab_limit=False, model_type='unigram',
+        character_coverage=0.9999, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+        num_threads=os.cpu_count(), minloglevel=2)
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix='.spm-') as staging:
+      staging.write(model.getvalue())
+      staging.flush()
+      try:
+        os.link(staging.name, path)
+      except FileExistsError:  # another process finished first
+        pass
+  return spm.SentencePieceProcessor(model_file=path)
+
+
+def _training_sentences(data_dir: str, max_train_pairs: int) -> Iterator[str]:
+  pairs = _read(data_dir, 'train', shuffle_seed=0).take(max_train_pairs)
+  for english, french in _text_chunks(pairs):
+    for pair in zip(english, french):
+      yield from pair
+
+
+def encode(tokenizer: spm.SentencePieceProcessor, sentences: list[str]) -> list[list[int]]:
+  """Token ids of each sentence, ending with EOS_ID."""
+  return tokenizer.encode(sentences, add_eos=True, num_threads=os.cpu_count())
+
+
+def decode_ids(tokenizer: spm.SentencePieceProcessor, ids: Sequence[int]) -> str:
+  """The text of a model's output row: everything before the first EOS_ID or padding."""
+  ids = np.asarray(ids).tolist()
+  end = next((i for i, token in enumerate(ids) if token in (EOS_ID, PAD_ID)), len(ids))
+  return tokenizer.decode(ids[:end])
+
+
+def assign_rows(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                max_length: int) -> np.ndarray:
+  """The row of each pair as pairs fill rows in order, a new row whenever either side would overflow."""
+  rows = np.empty(len(inputs), np.int64)
+  row = used_inputs = used_targets = 0
+  for i, (input_length, target_length) in enumerate(zip(map(len, inputs), map(len, targets))):
+    if used_inputs + input_length > max_length or used_targets + target_length > max_length:
+      row, used_inputs, used_targets = row + 1, 0, 0
+    used_inputs += input_length
+    used_targets += target_length
+    rows[i] = row
+  return rows
+
+
+def _fill(name: str, sentences: Sequence[Sequence[int]], rows: np.ndarray, max_length: int) -> Batch:
+  """`name`, `name`_segmentation and `name`_position of sentences put in `rows` (0, 0, 1, ...)."""
+  num_rows = int(rows[-1]) + 1
+  lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
+  ends = np.cumsum(lengths)
+  starts = ends - lengths
+  first_in_row = np.searchsorted(rows, rows)  # index of the first sentence of each sentence's row
+  token_sentence = np.repeat(np.arange(len(sentences)), lengths)
+  position = np.arange(ends[-1]) - starts[token_sentence]
+  row = rows[token_sentence]
+  column = (starts - starts[first_in_row])[token_sentence] + position
+  arrays = {key: np.zeros((num_rows, max_length), np.int32)
+            for key in (name, f'{name}_segmentation', f'{name}_position')}
+  tokens = np.fromiter(itertools.chain.from_iterable(sentences), np.int32, ends[-1])
+  segment = np.arange(len(sentences)) - first_in_row + 1
+  arrays[name][row, column] = tokens
+  arrays[f'{name}_segmentation'][row, column] = segment[token_sentence]
+  arrays[f'{name}_position'][row, column] = position
+  return arrays
+
+
+def _pack_rows(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], rows: np.ndarray,
+               max_length: int) -> Batch:
+  return {**_fill('inputs', inputs, rows, max_length), **_fill('targets', targets, rows, max_length)}
+
+
+def pack(pair_chunks: Iterable[tuple[list[list[int]], list[list[int]]]],
+         max_length: int) -> Iterator[Batch]:
+  """Packed rows, a few at a time, of a stream of (inputs, targets) chunks of pairs that fit max_length.
+
+  Pairs go into rows in stream order, each into the open row if both its sides fit
+  in what that row has left, else into a new row. Rows depend on the pairs alone, not
+  on how the stream is chunked; the last open row is held back until the stream ends.
+  """
+  inputs, targets = [], []
+  for chunk_inputs, chunk_targets in pair_chunks:
+    inputs += chunk_inputs
+    targets += chunk_targets
+    rows = assign_rows(inputs, targets, max_length)
+    closed = int(np.searchsorted(rows, rows[-1])) if len(rows) else 0  # all rows but the last
+    if closed:
+      yield _pack_rows(inputs[:closed], targets[:closed], rows[:closed], max_length)
+      inputs, targets = inputs[closed:], targets[closed:]
+  if inputs:
+    yield _pack_rows(inputs, targets, assign_rows(inputs, targets, max_length), max_length)
+
+
+def _rebatch(row_chunks: Iterable[Batch], batch_size: int, skip_rows: int) -> Iterator[Batch]:
+  """Batches of exactly `batch_size` rows from chunks of any size, less the first `skip_rows`."""
+  pending, num_pending = [], 0
+  for chunk in row_chunks:
+    num_rows = len(chunk['inputs'])
+    if skip_rows >= num_rows:
+      skip_rows -= num_rows
+      continue
+    pending.append({key: array[skip_rows:] for key, array in chunk.items()})
+    num_pending += num_rows - skip_rows
+    skip_rows = 0
+    if num_pending < batch_size:
+      continue
+    rows = {key: np.concatenate([c[key] for c in pending]) for key in chunk}
+    num_batches = num_pending // batch_size
+    for b in range(num_batches):
+      yield {key: array[b * batch_size:(b + 1) * batch_size] for key, array in rows.items()}
+    pending = [{key: array[num_batches * batch_size:] for key, array in rows.items()}]
+    num_pending -= num_batches * batch_size
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _train_pairs(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int, seed: int,
+                 process_index: int, process_count: int) -> Iterator[tuple[list[list[int]], ...]]:
+  """Chunks of encoded pairs of this process's shard, epoch after epoch, less those over max_length."""
+  shard = tfds.split_for_jax_process('train', process_index=process_index, process_count=process_count)
+  for epoch in itertools.count():
+    kept = 0
+    for english, french in _text_chunks(_read(data_dir, shard, _epoch_seed(seed, epoch))):
+      inputs, targets = encode(tokenizer, english), encode(tokenizer, french)
+      fits = [i for i, (source, target) in enumerate(zip(inputs, targets))
+              if len(source) <= max_length and len(target) <= max_length]
+      kept += len(fits)
+      yield [inputs[i] for i in fits], [targets[i] for i in fits]
+    if not kept:
+      raise ConfigError(f'max_length={max_length}: no pair of the training shard fits (tokens per side)')
+
+
+def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, batch_size: int,
+                  max_length: int, seed: int, start_step: int, process_index: int,
+                  process_count: int) -> Iterator[Batch]:
+  """Endless packed batches of `batch_size` rows from this process's shard of the train split.
+
+  Each process reads its own slice of the split (tfds.split_for_jax_process). Its
+  pairs form one stream, epoch after epoch, each epoch shuffled (file order and
+  a buffer of SHUFFLE_BUFFER pairs) with a seed derived from (seed, epoch); pairs
+  with a side longer than max_length tokens (EOS included) are dropped, the rest are
+  packed (see `pack`) and every batch_size consecutive rows make a step. So the batch
+  of step s is a pure function of (seed, s, process_index, process_count). Resuming
+  at `start_step` re-reads, tokenizes and packs the stream from its start and drops
+  the first start_step batches: the exact stream continues, at a cost that grows
+  with start_step (tokenizing dominates it).
+  """
+  pairs = _train_pairs(data_dir, tokenizer, max_length, seed, process_index, process_count)
+  return _rebatch(pack(pairs, max_length), batch_size, skip_rows=start_step * batch_size)
+
+
+def _truncate(sentences: list[list[int]], max_length: int) -> list[list[int]]:
+  """Sentences cut to max_length tokens, the last one still EOS_ID so every example ends."""
+  return [s if len(s) <= max_length else s[:max_length - 1] + [EOS_ID] for s in sentences]
+
+
+def _one_per_row(name: str, sentences: list[list[int]], max_length: int) -> Batch:
+  return _fill(name, _truncate(sentences, max_length), np.arange(len(sentences)), max_length)
+
+
+def eval_arrays(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int) -> Batch:
+  """Every pair of EVAL_SPLIT, one per row in stored order, long sentences truncated (see `_truncate`).
+
+  Batch them with data.batches.eval_batches.
+  """
+  english, french = read_split(data_dir, EVAL_SPLIT)
+  return {**_one_per_row('inputs', encode(tokenizer, english), max_length),
+          **_one_per_row('targets', encode(tokenizer, french), max_length)}
+
+
+def decode_arrays(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int,
+                  num_sentences: int) -> tuple[Batch, list[str]]:
+  """Sources of the first num_sentences pairs of EVAL_SPLIT, one per row, and their French references.
+
+  'index' numbers the rows, so that outputs can be put back in order after
+  batching; the references are the untokenized text that BLEU scores against.
+  """
+  english, french = read_split(data_dir, EVAL_SPLIT)
+  english, french = english[:num_sentences], french[:num_sentences]
+  arrays = _one_per_row('inputs', encode(tokenizer, english), max_length)
+  arrays['index'] = np.arange(len(english), dtype=np.int32)
+  return arrays, french

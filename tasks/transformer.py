@@ -1,0 +1,246 @@
+"""Transformer translation, WMT'14 English -> French (Vaswani et al. 2017; Anil et al. 2020, Sec. 6).
+
+Encoder-decoder with one embedding matrix shared by source, target and the
+output projection (a shared SentencePiece vocabulary makes that possible),
+dropout, and label-smoothed cross-entropy for training. Evaluation reports
+token log-perplexity (`loss`, no smoothing: the paper's target metric) and
+per-token accuracy on newstest2014, and every `task.bleu_every` evaluations
+the detokenized BLEU (sacrebleu) of beam-search translations of the first
+`task.bleu_sentences` sentences.
+
+Data: tfds `wmt14_translate/fr-en` under the task's tfds data_dir (`data/wmt.py`);
+with `task.generate=True` a synthetic corpus is written there in the same form
+first (`data/synthetic_translation.py`), so tiny runs use the real reader.
+"""
+
+import dataclasses
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import sacrebleu
+
+from configs import ConfigError
+from data import batches, synthetic_translation, wmt
+from tasks import beam_search, layers, losses
+from tasks.base import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  features: int         # d_model
+  num_heads: int
+  hidden: int           # feed-forward width
+  encoder_layers: int
+  decoder_layers: int
+  dropout: float
+  attention_dropout: float
+  dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
+
+
+class Transformer(nn.Module):
+  config: ModelConfig
+  decode: bool = False  # build the decoder with a key/value cache, for beam search
+
+  def setup(self):
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    self.embed = layers.Embed(c.vocab_size, c.features, dtype)
+    self.encoder_blocks = [
+        layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype)
+        for _ in range(c.encoder_layers)]
+    self.decoder_blocks = [
+        layers.DecoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
+                            decode=self.decode)
+        for _ in range(c.decoder_layers)]
+    self.encoder_norm = layers.layer_norm(dtype)
+    self.decoder_norm = layers.layer_norm(dtype)
+    self.dropout = nn.Dropout(c.dropout)
+
+  def _embed(self, ids, position, deterministic):
+    x = self.embed(ids) + layers.sinusoidal_positions(position, self.config.features).astype(self.embed.dtype)
+    return self.dropout(x, deterministic=deterministic)
+
+  def encode(self, inputs, inputs_segmentation, inputs_position, *, deterministic: bool):
+    x = self._embed(inputs, inputs_position, deterministic)
+    mask = layers.segment_mask(inputs_segmentation, inputs_segmentation)
+    for block in self.encoder_blocks:
+      x = block(x, mask, deterministic=deterministic)
+    return self.encoder_norm(x)
+
+  def _decode(self, x, encoded, self_mask, cross_mask, deterministic, decode_position=None):
+    for block in self.decoder_blocks:
+      x = block(x, encoded, self_mask, cross_mask, deterministic=deterministic,
+                decode_position=decode_position)
+    return self.embed.attend(self.decoder_norm(x)).astype(jnp.float32)
+
+  def __call__(self, batch, *, deterministic: bool):
+    """Teacher-forced logits [batch, length, vocab] for packed (or unpacked) pairs."""
+    encoded = self.encode(batch['inputs'], batch['inputs_segmentation'], batch['inputs_position'],
+                          deterministic=deterministic)
+    targets, segmentation, position = (
+        batch['targets'], batch['targets_segmentation'], batch['targets_position'])
+    # Shift right within each segment: every segment's decoder input starts with id 0.
+    shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+    decoder_inputs = jnp.where(position == 0, 0, shifted)
+    x = self._embed(decoder_inputs, position, deterministic)
+    self_mask = layers.segment_mask(segmentation, segmentation) & layers.causal_mask(targets.shape[1])
+    cross_mask = layers.segment_mask(segmentation, batch['inputs_segmentation'])
+    return self._decode(x, encoded, self_mask, cross_mask, deterministic)
+
+  def decode_step(self, encoded, inputs_segmentation, tokens, position):
+    """Log-probabilities of the next token [n, vocab], given tokens [n, 1] at `position`.
+
+    With `position=None` (and tokens [n, max_length]) it only creates the empty cache.
+    """
+    steps = jnp.arange(tokens.shape[1]) if position is None else jnp.full((1,), position)
+    x = self._embed(tokens, jnp.broadcast_to(steps, tokens.shape), deterministic=True)
+    cross_mask = (inputs_segmentation > 0)[:, None, None, :]
+    logits = self._decode(x, encoded, None, cross_mask, True, decode_position=position)
+    return jax.nn.log_softmax(logits[:, -1])
+
+
+# Vaswani et al. 2017, Table 3 (dropout 0.1 for big on en-fr); `tiny` is for CPU tests and demos.
+MODELS = {
+    'tiny': dict(features=64, num_heads=4, hidden=256, encoder_layers=2, decoder_layers=2,
+                 dropout=0.0, attention_dropout=0.0),
+    'base': dict(features=512, num_heads=8, hidden=2048, encoder_layers=6, decoder_layers=6,
+                 dropout=0.1, attention_dropout=0.1),
+    'big': dict(features=1024, num_heads=16, hidden=4096, encoder_layers=6, decoder_layers=6,
+                dropout=0.1, attention_dropout=0.1),
+}
+
+
+def model_config(task) -> ModelConfig:
+  """The preset `task.model`, with any task field set explicitly (>= 0 dropouts, > 0 sizes) overriding it."""
+  if task.model not in MODELS:
+    raise ConfigError(f'task.model={task.model!r}: choose one of {", ".join(MODELS)}')
+  fields = dict(MODELS[task.model])
+  for name in fields:
+    explicit = task[name] >= 0 if 'dropout' in name else task[name] > 0
+    if explicit:
+      fields[name] = task[name]
+  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, **fields)
+
+
+class Translation(Task):
+  logical_axis_rules = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'),
+                        ('mlp', 'model'), ('embed', None))
+  eval_metric_names = ('loss', 'accuracy', 'perplexity', 'bleu')
+
+  def __init__(self, config):
+    super().__init__(config)
+    task = config.task
+    model = model_config(task)
+    if model.features % model.num_heads:
+      raise ConfigError(f'model features {model.features} not divisible by its {model.num_heads} heads')
+    if task.dtype not in ('float32', 'bfloat16'):
+      raise ConfigError(f'task.dtype={task.dtype!r}: choose float32 or bfloat16')
+    if not 0 <= task.label_smoothing < 1:
+      raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
+    self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.tfds_dir))
+    self.model = Transformer(model)
+    self.decode_every = task.bleu_every if task.bleu_sentences > 0 else 0
+    self._tokenizer = None
+    self._eval = None
+    self._decode = None
+
+  # ---- Data.
+  def tokenizer(self):
+    if self._tokenizer is None:
+      task = self.config.task
+      if task.generate and not wmt.is_prepared(self.data_dir):
+        synthetic_translation.generate(self.data_dir, task.generated_train_pairs,
+                                       task.generated_eval_pairs, seed=task.data_seed)
+      wmt.check_prepared(self.data_dir)
+      self._tokenizer = wmt.load_tokenizer(self.data_dir, task.vocab_size)
+    return self._tokenizer
+
+  def train_data(self, process_index, process_count, start_step):
+    return wmt.train_batches(
+        self.data_dir, self.tokenizer(), self.config.global_batch_size // process_count,
+        self.config.task.max_length, self.config.seed, start_step, process_index, process_count)
+
+  def eval_data(self, process_index, process_count):
+    if self._eval is None:
+      self._eval = wmt.eval_arrays(self.data_dir, self.tokenizer(), self.config.task.eval_max_length)
+    return batches.eval_batches(self._eval, self.config.eval_batch_size, process_index, process_count)
+
+  def _decode_set(self):
+    if self._decode is None:
+      self._decode = wmt.decode_arrays(self.data_dir, self.tokenizer(), self.config.task.eval_max_length,
+                                       self.config.task.bleu_sentences)
+    return self._decode
+
+  def decode_data(self, process_index, process_count):
+    arrays, _ = self._decode_set()
+    return batches.eval_batches(arrays, self.config.eval_batch_size, process_index, process_count)
+
+  # ---- Model.
+  def _example(self, length: int):
+    ids = jnp.ones((1, length), jnp.int32)
+    return {'inputs': ids, 'targets': ids, 'inputs_segmentation': ids, 'targets_segmentation': ids,
+            'inputs_position': jnp.zeros_like(ids), 'targets_position': jnp.zeros_like(ids)}
+
+  def init(self, rng):
+    self.tokenizer()  # the vocabulary must exist before training starts
+    variables = self.model.init(rng, self._example(self.config.task.max_length), deterministic=True)
+    return variables['params'], {}
+
+  def loss(self, params, model_state, batch, rng):
+    logits = self.model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
+    weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
+    loss = losses.softmax_cross_entropy(logits, batch['targets'], weights,
+                                        self.config.task.label_smoothing)
+    correct = (jnp.argmax(logits, -1) == batch['targets']) * weights
+    return loss, (model_state, {'accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1),
+                                'tokens': jnp.sum(weights)})
+
+  def evaluate(self, params, model_state, batch):
+    logits = self.model.apply({'params': params}, batch, deterministic=True)
+    weights = (batch['targets_segmentation'] > 0) * batch['weight'][:, None]
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
+    correct = jnp.argmax(logits, -1) == batch['targets']
+    return {'loss': jnp.sum(cross_entropy * weights), 'accuracy': jnp.sum(correct * weights),
+            'count': jnp.sum(weights)}
+
+  def eval_metrics(self, sums):
+    metrics = super().eval_metrics(sums)
+    metrics['perplexity'] = float(np.exp(metrics['loss']))
+    return metrics
+
+  def predict(self, params, model_state, batch):
+    """Beam-search translations [batch, max_decode_length] of batch['inputs']."""
+    task = self.config.task
+    encoded = self.model.apply({'params': params}, batch['inputs'], batch['inputs_segmentation'],
+                               batch['inputs_position'], deterministic=True,
+                               method=Transformer.encode)
+    beam = task.beam_size
+    encoded, segmentation = beam_search.repeat_for_beams(
+        (encoded, batch['inputs_segmentation']), beam)
+    decoder = Transformer(self.model.config, decode=True)
+    step_fn = functools.partial(decoder.apply, method=Transformer.decode_step, mutable=['cache'])
+    n = encoded.shape[0]
+    _, cache = step_fn({'params': params}, encoded, segmentation,
+                       jnp.zeros((n, task.max_decode_length), jnp.int32), None)
+
+    def step(tokens, position, cache):
+      log_probs, variables = step_fn({'params': params, **cache}, encoded, segmentation, tokens, position)
+      return log_probs, variables
+
+    tokens, _ = beam_search.beam_search(
+        step, cache, batch_size=batch['inputs'].shape[0], beam_size=beam,
+        max_length=task.max_decode_length, eos=wmt.EOS_ID, alpha=task.length_penalty)
+    return tokens
+
+  def decode_metrics(self, index: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Detokenized corpus BLEU of the predictions (rows by `index`) against the raw references."""
+    _, references = self._decode_set()
+    order = np.argsort(index)
+    hypotheses = [wmt.decode_ids(self.tokenizer(), predictions[i]) for i in order]
+    return {'bleu': sacrebleu.corpus_bleu(hypotheses, [[references[index[i]] for i in order]]).score}

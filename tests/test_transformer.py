@@ -1,0 +1,193 @@
+"""The Transformer translation task: masking, decoding, beam search, BLEU, training, sharding."""
+
+import functools
+import itertools
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trainer
+from conftest import load_config
+from tasks import beam_search
+from tasks.transformer import ModelConfig, Transformer
+
+KEYS = ('inputs', 'targets', 'inputs_segmentation', 'targets_segmentation', 'inputs_position',
+        'targets_position')
+MODEL = ModelConfig(vocab_size=40, features=32, num_heads=4, hidden=64, encoder_layers=2,
+                    decoder_layers=2, dropout=0.0, attention_dropout=0.0)
+# A data set small enough for tests, through the real reader and tokenizer.
+SMALL = dict(task__generated_train_pairs=2000, task__generated_eval_pairs=64, task__vocab_size=300,
+             task__tfds_dir='synthetic_wmt_small', global_batch_size=16, eval_batch_size=32,
+             schedule__warmup_steps=10)
+# One layer each side, for tests that compile several optimizers or meshes.
+SMALLEST = dict(SMALL, task__encoder_layers=1, task__decoder_layers=1, task__features=32, task__hidden=64)
+
+
+def pack(pairs, length):
+  """One row holding the (source, target) id lists, in order."""
+  row = {k: np.zeros(length, np.int32) for k in KEYS}
+  used = {'inputs': 0, 'targets': 0}
+  for segment, sides in enumerate(pairs, 1):
+    for side, ids in zip(('inputs', 'targets'), sides):
+      start, end = used[side], used[side] + len(ids)
+      row[side][start:end] = ids
+      row[f'{side}_segmentation'][start:end] = segment
+      row[f'{side}_position'][start:end] = np.arange(len(ids))
+      used[side] = end
+  return {k: v[None] for k, v in row.items()}
+
+
+@pytest.fixture(scope='module')
+def model_and_params():
+  model = Transformer(MODEL)
+  params = model.init(jax.random.PRNGKey(0), pack([([5, 1], [6, 1])], 8), deterministic=True)['params']
+  return model, nn.unbox(params)
+
+
+def random_pairs(seed, count):
+  rng = np.random.default_rng(seed)
+  return [(list(rng.integers(3, 40, rng.integers(2, 8))) + [1],
+           list(rng.integers(3, 40, rng.integers(2, 8))) + [1]) for _ in range(count)]
+
+
+def test_logits_shape_and_logical_axes(model_and_params):
+  model, _ = model_and_params
+  boxed = model.init(jax.random.PRNGKey(0), pack(random_pairs(0, 1), 12), deterministic=True)['params']
+  names = {tuple(box.names) for box in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))}
+  assert {('vocab', 'embed'), ('embed', 'heads'), ('heads', 'embed'), ('embed', 'mlp'), ('mlp', 'embed')} <= names
+  logits = model.apply({'params': nn.unbox(boxed)}, pack(random_pairs(0, 2), 20), deterministic=True)
+  assert logits.shape == (1, 20, MODEL.vocab_size)
+
+
+def test_packing_never_leaks_across_segments(model_and_params):
+  model, params = model_and_params
+  pairs = random_pairs(1, 3)
+  packed = model.apply({'params': params}, pack(pairs, 32), deterministic=True)[0]
+  offset = 0
+  for pair in pairs:
+    alone = model.apply({'params': params}, pack([pair], 32), deterministic=True)[0]
+    n = len(pair[1])
+    np.testing.assert_allclose(packed[offset:offset + n], alone[:n], atol=1e-5)
+    offset += n
+  # Control: one segment spanning the row lets the pairs see each other, and the logits change.
+  merged = pack(pairs, 32)
+  merged['inputs_segmentation'] = np.minimum(merged['inputs_segmentation'], 1)
+  merged['targets_segmentation'] = np.minimum(merged['targets_segmentation'], 1)
+  leaked = model.apply({'params': params}, merged, deterministic=True)[0]
+  assert np.abs(leaked[len(pairs[0][1]):offset] - packed[len(pairs[0][1]):offset]).max() > 1e-3
+
+
+def decoder(model, params, source, steps):
+  """(step function over the cache, initial cache) for one source row."""
+  encoded = model.apply({'params': params}, source['inputs'], source['inputs_segmentation'],
+                        source['inputs_position'], deterministic=True, method=Transformer.encode)
+  apply = functools.partial(Transformer(MODEL, decode=True).apply, method=Transformer.decode_step,
+                            mutable=['cache'])
+  segmentation = source['inputs_segmentation']
+  _, cache = apply({'params': params}, encoded, segmentation, jnp.zeros((1, steps), jnp.int32), None)
+  return (lambda tokens, position, cache: apply({'params': params, **cache}, encoded, segmentation,
+                                                tokens, position)), cache
+
+
+def test_cached_decoding_matches_teacher_forcing(model_and_params):
+  model, params = model_and_params
+  source, target = random_pairs(2, 1)[0]
+  row = pack([(source, target)], 12)
+  forced = jax.nn.log_softmax(model.apply({'params': params}, row, deterministic=True)[0])
+  step, cache = decoder(model, params, row, 12)
+  previous = [0] + target[:-1]
+  for position, token in enumerate(previous):
+    log_probs, cache = step(jnp.array([[token]]), position, cache)
+    np.testing.assert_allclose(log_probs[0], forced[position], atol=1e-4)
+
+
+def markov_step(table):
+  """A toy model: log-probabilities of the next token depend only on the current one."""
+  def step(tokens, position, cache):
+    return table[tokens[:, 0]], cache
+  return step
+
+
+def markov_table(seed, vocab):
+  logits = np.random.default_rng(seed).normal(size=(vocab, vocab)) * 2
+  return jax.nn.log_softmax(jnp.asarray(logits))
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_beam_of_one_is_greedy(seed):
+  table = markov_table(seed, 6)
+  tokens, _ = beam_search.beam_search(markov_step(table), {}, 1, 1, 8, eos=1, alpha=0.0)
+  greedy, token = [], 0
+  while len(greedy) < 8:
+    token = int(jnp.argmax(table[token]))
+    greedy.append(token)
+    if token == 1:
+      break
+  np.testing.assert_array_equal(tokens[0, :len(greedy)], greedy)
+  assert not tokens[0, len(greedy):].any()
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_wide_beam_finds_the_best_sequence(seed):
+  """With beam >= every prefix, the search is exhaustive: compare with brute force."""
+  vocab, length, alpha = 3, 4, 0.6
+  table = np.asarray(markov_table(seed, vocab))
+  best = -np.inf
+  for n in range(1, length + 1):
+    for body in itertools.product([0, 2], repeat=n - 1):
+      sequence = list(body) + [1]
+      log_prob = sum(table[a, b] for a, b in zip([0] + sequence[:-1], sequence))
+      best = max(best, log_prob / beam_search.length_penalty(n, alpha))
+  _, score = beam_search.beam_search(markov_step(jnp.asarray(table)), {}, 1, 16, length, eos=1,
+                                     alpha=alpha)
+  np.testing.assert_allclose(score[0], best, rtol=1e-5)
+  narrow, _ = beam_search.beam_search(markov_step(jnp.asarray(table)), {}, 1, 1, length, eos=1,
+                                      alpha=alpha)
+  assert narrow.shape == (1, length)
+
+
+def test_bleu_of_the_references_against_themselves_is_100():
+  from data import wmt
+  from tasks.transformer import Translation
+  task = Translation(load_config('transformer_adam', **SMALL, task__bleu_sentences=20))
+  arrays, references = task._decode_set()
+  ids = wmt.encode(task.tokenizer(), references)
+  predictions = np.zeros((len(ids), max(map(len, ids))), np.int32)
+  for row, sentence in zip(predictions, ids):
+    row[:len(sentence)] = sentence
+  shuffled = np.random.default_rng(0).permutation(len(ids))
+  assert task.decode_metrics(arrays['index'][shuffled], predictions[shuffled])['bleu'] == pytest.approx(100)
+  predictions[:, 1:] = 0  # one word per sentence: far from the references
+  assert task.decode_metrics(arrays['index'], predictions)['bleu'] < 5
+
+
+def test_tiny_training_lowers_loss_and_reports_bleu(tmp_path):
+  summary = trainer.run(load_config('transformer_adam', **SMALL, num_steps=60, eval_every=30,
+                                    task__bleu_every=2, task__bleu_sentences=16,
+                                    task__max_decode_length=24),
+                        str(tmp_path / 'run'), 'transformer_adam', devices=jax.devices()[:1])
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    evals = [r for r in map(json.loads, f) if r['split'] == 'eval']
+  assert [r['step'] for r in evals] == [30, 60]
+  assert 'bleu' not in evals[0] and 0 <= evals[1]['bleu'] <= 100  # every 2nd eval, and the last
+  assert evals[1]['loss'] < evals[0]['loss'] < np.log(300)
+  assert summary['status'] == 'completed'
+
+
+@pytest.mark.parametrize('optimizer', ['shampoo', 'kfac'])
+def test_sharded_run_matches_single_device(tmp_path, optimizer):
+  """data=4 x model=2 (heads, feed-forward and vocabulary split over `model`) equals one device."""
+  common = dict(SMALLEST, num_steps=4, eval_every=4, task__bleu_sentences=0, schedule__warmup_steps=2)
+  if optimizer == 'shampoo':
+    common['optimizer__start_preconditioning_step'] = 2
+  name = f'transformer_{optimizer}'
+  one = trainer.run(load_config(name, **common), str(tmp_path / 'one'), name, devices=jax.devices()[:1])
+  eight = trainer.run(load_config(name, **common, mesh__data=4, mesh__model=2), str(tmp_path / 'eight'),
+                      name, devices=jax.devices())
+  np.testing.assert_allclose(eight['final_eval']['loss'], one['final_eval']['loss'], rtol=2e-4)
+  np.testing.assert_allclose(eight['final_train']['loss'], one['final_train']['loss'], rtol=2e-4)
