@@ -1,4 +1,7 @@
-"""transformer with SGD (heavy-ball momentum): `python main.py --config=configs/transformer_sgd.py:tiny`."""
+"""transformer with SGD (heavy-ball momentum): `python main.py --config=configs/transformer_sgd.py:tiny`.
+
+Tiny, a first guess (not tuned): eval log-perplexity 2.05 after 300 steps.
+"""
 
 import optimizers
 from configs import _transformer

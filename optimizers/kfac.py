@@ -17,6 +17,7 @@ and its learning-rate/momentum adaptation, which need its own `Optimizer.step`;
 damping here is fixed; `norm_constraint` (KL clipping) is the stabiliser this path offers.
 """
 
+import collections
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -114,13 +115,21 @@ def preconditioner(cfg, loss: LossContext):
 
 
 def log_blocks(precon, params) -> None:
-  """One line at start: which parameters got Kronecker factors, which a diagonal fallback."""
+  """At start: block types by count, and (as a warning) parameters left without any structure.
+
+  Layer-norm style scale-and-shift blocks are kfac-jax's intended treatment; a generic
+  diagonal (e.g. an embedding gather) or no block at all is worth a warning. The
+  per-parameter listing is logged at INFO.
+  """
   blocks = describe_blocks(precon, params)
-  factored = [path for path, kind in blocks if 'Kronecker' in kind]
-  others = [f'{path} ({kind})' for path, kind in blocks if 'Kronecker' not in kind]
-  level = logging.WARNING if others else logging.INFO
-  logging.log(level, 'K-FAC blocks: Kronecker-factored: %s; diagonal or other fallback: %s',
-              ', '.join(factored) or 'none', ', '.join(others) or 'none')
+  counts = collections.Counter(kind for _, kind in blocks)
+  unstructured = [f'{path} ({kind})' for path, kind in blocks
+                  if kind == 'NaiveDiagonal' or kind.startswith('none')]
+  logging.log(logging.WARNING if unstructured else logging.INFO,
+              'K-FAC blocks: %s; generic diagonal or no block: %s',
+              ', '.join(f'{n} {kind}' for kind, n in sorted(counts.items())),
+              ', '.join(unstructured) or 'none')
+  logging.info('K-FAC block of each parameter: %s', ', '.join(f'{path}: {kind}' for path, kind in blocks))
 
 
 def describe_blocks(precon, params) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ restarts at 0 in each segment. Layer norm comes before each sub-layer
 warm-up sensitivity.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -130,6 +131,12 @@ class FeedForward(nn.Module):
     return _dense(self.features, ('mlp', 'embed'), self.dtype, 'wo')(x)
 
 
+def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, dtype: Dtype):
+  """x + dropout(sublayer(layer_norm(x))): one pre-LN sub-layer (call inside a compact method)."""
+  y = sublayer(layer_norm(dtype, norm_name)(x))
+  return x + nn.Dropout(dropout)(y, deterministic=deterministic)
+
+
 class EncoderBlock(nn.Module):
   """Self-attention and feed-forward, each pre-normalised with a residual connection."""
   num_heads: int
@@ -141,15 +148,13 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
-    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    y = layer_norm(self.dtype, 'attention_norm')(x)
-    y = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                           name='attention')(y, y, mask, deterministic=deterministic)
-    x = x + drop(y)
-    y = layer_norm(self.dtype, 'mlp_norm')(x)
-    y = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')(
-        y, deterministic=deterministic)
-    return x + drop(y)
+    sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
+                                 dtype=self.dtype)
+    attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
+                                   name='attention')
+    x = sublayer(x, lambda y: attention(y, y, mask, deterministic=deterministic), 'attention_norm')
+    mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')
+    return sublayer(x, lambda y: mlp(y, deterministic=deterministic), 'mlp_norm')
 
 
 class DecoderBlock(nn.Module):
@@ -164,17 +169,15 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, *, deterministic: bool, decode_position=None):
-    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
-    y = layer_norm(self.dtype, 'self_attention_norm')(x)
-    y = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                           decode=self.decode, name='self_attention')(
-        y, y, self_mask, deterministic=deterministic, decode_position=decode_position)
-    x = x + drop(y)
-    y = layer_norm(self.dtype, 'cross_attention_norm')(x)
-    y = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                           name='cross_attention')(y, encoded, cross_mask, deterministic=deterministic)
-    x = x + drop(y)
-    y = layer_norm(self.dtype, 'mlp_norm')(x)
-    y = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')(
-        y, deterministic=deterministic)
-    return x + drop(y)
+    sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
+                                 dtype=self.dtype)
+    attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
+                                   decode=self.decode, name='self_attention')
+    x = sublayer(x, lambda y: attention(y, y, self_mask, deterministic=deterministic,
+                                        decode_position=decode_position), 'self_attention_norm')
+    cross = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
+                               name='cross_attention')
+    x = sublayer(x, lambda y: cross(y, encoded, cross_mask, deterministic=deterministic),
+                 'cross_attention_norm')
+    mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')
+    return sublayer(x, lambda y: mlp(y, deterministic=deterministic), 'mlp_norm')

@@ -80,8 +80,10 @@ def test_unmatched_parameter_gets_a_diagonal_block_says_so_and_still_trains(capl
   with caplog.at_level(logging.INFO):
     tx = optimizers.build(optimizers.config('kfac', learning_rate=0.1), optax.constant_schedule(0.1), loss)
   line = next(r.getMessage() for r in caplog.records if 'K-FAC blocks' in r.getMessage())
-  assert "Kronecker-factored: ['w1'], ['w2']" in line and "['s'] (NaiveDiagonal)" in line
+  assert "1 NaiveDiagonal" in line and "no block: ['s'] (NaiveDiagonal)" in line
   assert any(r.levelno == logging.WARNING for r in caplog.records if 'K-FAC blocks' in r.getMessage())
+  listing = next(r.getMessage() for r in caplog.records if 'K-FAC block of each' in r.getMessage())
+  assert "['w1']: DenseTwoKroneckerFactored" in listing and "['w2']: DenseTwoKroneckerFactored" in listing
   state, update = tx.init(params), jax.jit(tx.update)
   first = float(value_fn(params, {}, None, batch))
   for step in range(20):
