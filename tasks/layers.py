@@ -79,7 +79,8 @@ class MultiHeadAttention(nn.Module):
   """Scaled dot-product attention over `num_heads` heads, with an optional decoding cache.
 
   With `decode=True` the module attends from one new query token at `decode_position`
-  to the keys cached so far (the cache holds `cache_length` slots).
+  to the keys cached so far; the cache is created by a call without a position, with
+  one slot per token of that call's (maximum-length) input.
   """
   num_heads: int
   features: int

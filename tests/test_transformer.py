@@ -3,7 +3,6 @@
 import functools
 import itertools
 import json
-import os
 
 import flax.linen as nn
 import jax
