@@ -105,6 +105,18 @@ class Transformer(nn.Module):
     return jax.nn.log_softmax(logits[:, -1])
 
 
+def cached_decoder(config: ModelConfig, params, encoded, inputs_segmentation, max_length: int):
+  """(step(tokens [n, 1], position, cache) -> (log-probs [n, vocab], cache), empty cache) for beam search."""
+  apply = functools.partial(Transformer(config, decode=True).apply, method=Transformer.decode_step,
+                            mutable=['cache'])
+  empty = jnp.zeros((encoded.shape[0], max_length), jnp.int32)
+  _, cache = apply({'params': params}, encoded, inputs_segmentation, empty, None)
+
+  def step(tokens, position, cache):
+    return apply({'params': params, **cache}, encoded, inputs_segmentation, tokens, position)
+  return step, cache
+
+
 # Vaswani et al. 2017, Table 3 (dropout 0.1 for big on en-fr); `tiny` is for CPU tests and demos.
 MODELS = {
     'tiny': dict(features=64, num_heads=4, hidden=256, encoder_layers=2, decoder_layers=2,
@@ -223,16 +235,8 @@ class Translation(Task):
     beam = task.beam_size
     encoded, segmentation = beam_search.repeat_for_beams(
         (encoded, batch['inputs_segmentation']), beam)
-    decoder = Transformer(self.model.config, decode=True)
-    step_fn = functools.partial(decoder.apply, method=Transformer.decode_step, mutable=['cache'])
-    n = encoded.shape[0]
-    _, cache = step_fn({'params': params}, encoded, segmentation,
-                       jnp.zeros((n, task.max_decode_length), jnp.int32), None)
-
-    def step(tokens, position, cache):
-      log_probs, variables = step_fn({'params': params, **cache}, encoded, segmentation, tokens, position)
-      return log_probs, variables
-
+    step, cache = cached_decoder(self.model.config, params, encoded, segmentation,
+                                 task.max_decode_length)
     tokens, _ = beam_search.beam_search(
         step, cache, batch_size=batch['inputs'].shape[0], beam_size=beam,
         max_length=task.max_decode_length, eos=wmt.EOS_ID, alpha=task.length_penalty)

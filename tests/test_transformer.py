@@ -1,6 +1,5 @@
 """The Transformer translation task: masking, decoding, beam search, BLEU, training, sharding."""
 
-import functools
 import itertools
 import json
 
@@ -13,7 +12,7 @@ import pytest
 import trainer
 from conftest import load_config
 from tasks import beam_search
-from tasks.transformer import ModelConfig, Transformer
+from tasks.transformer import ModelConfig, Transformer, cached_decoder
 
 KEYS = ('inputs', 'targets', 'inputs_segmentation', 'targets_segmentation', 'inputs_position',
         'targets_position')
@@ -85,12 +84,7 @@ def decoder(model, params, source, steps):
   """(step function over the cache, initial cache) for one source row."""
   encoded = model.apply({'params': params}, source['inputs'], source['inputs_segmentation'],
                         source['inputs_position'], deterministic=True, method=Transformer.encode)
-  apply = functools.partial(Transformer(MODEL, decode=True).apply, method=Transformer.decode_step,
-                            mutable=['cache'])
-  segmentation = source['inputs_segmentation']
-  _, cache = apply({'params': params}, encoded, segmentation, jnp.zeros((1, steps), jnp.int32), None)
-  return (lambda tokens, position, cache: apply({'params': params, **cache}, encoded, segmentation,
-                                                tokens, position)), cache
+  return cached_decoder(MODEL, params, encoded, source['inputs_segmentation'], steps)
 
 
 def test_cached_decoding_matches_teacher_forcing(model_and_params):
