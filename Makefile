@@ -1,10 +1,11 @@
-# `make demo`: install into .venv and run the default tiny experiment.
+# `make demo`: install into .venv, train the tiny Transformer with Adam and with Shampoo (each
+# stops at its target), and compare them (table + PNG curves in runs/demo/compare).
 # `make test`: install/update .venv and run the whole suite (8 simulated CPU devices).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_CONFIG := configs/lp_regression_adam.py:tiny
+DEMO := runs/demo
 
 .PHONY: install demo test lock clean
 
@@ -17,9 +18,11 @@ $(STAMP): requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) main.py --config=$(DEMO_CONFIG)
-	@echo "--- runs/lp_regression_adam-tiny/summary.json"
-	@cat runs/lp_regression_adam-tiny/summary.json
+	for optimizer in adam shampoo; do \
+	  $(PY) main.py --config=configs/transformer_$$optimizer.py:tiny --config.stop_at_target=True \
+	      --workdir=$(DEMO)/transformer_$$optimizer-tiny || exit 1; \
+	done
+	$(PY) -m results.compare $(DEMO) --out $(DEMO)/compare
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests

@@ -23,7 +23,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<config name>-<size>). An existing run there resumes.')
 
-EXIT_USAGE, EXIT_DIVERGED = 2, 1
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Join a multi-process job (jax.distributed.initialize): one process per host, '
+    'or per GPU under Slurm; the coordinator is auto-detected on Cloud TPU and Slurm.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, where auto-detection does not apply '
+    '(with --num_processes and --process_id; implies --multihost).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (with --coordinator_address).')
+
+EXIT_USAGE, EXIT_FAILURE = 2, 1  # a failure: a diverged run, or a multi-process job it cannot join
 
 
 def _fail(message: str, code: int = EXIT_USAGE):
@@ -72,7 +81,18 @@ def main(argv: list[str]) -> None:
   name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS['config'])))[0]
   workdir = _WORKDIR.value if _WORKDIR.value is not None else os.path.join('runs', f'{name}-{config.size}')
 
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    _fail('--coordinator_address, --num_processes and --process_id go together')
+  if _NUM_PROCESSES.value is not None and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+    _fail(f'--process_id={_PROCESS_ID.value} must be in 0..{_NUM_PROCESSES.value - 1}')
+
   import trainer  # jax, orbax, clu: only once the command line is known to be sound
+  if _MULTIHOST.value or _COORDINATOR.value is not None:
+    try:
+      trainer.distributed.initialize(*explicit)
+    except (RuntimeError, ValueError) as e:
+      _fail(f'cannot join the multi-process job: {_one_line(e)}', EXIT_FAILURE)
   try:
     summary = trainer.run(config, workdir, name)
   except ConfigError as e:
@@ -83,7 +103,7 @@ def main(argv: list[str]) -> None:
         f'train_seconds_to_target={summary["train_seconds_to_target"]}; workdir {workdir}')
   if status == 'diverged':
     _fail(f'training diverged (non-finite loss at step {summary["diverged_at_step"]}); '
-          f'last good checkpoint: step {summary["last_checkpoint_step"]} in {workdir}', EXIT_DIVERGED)
+          f'last good checkpoint: step {summary["last_checkpoint_step"]} in {workdir}', EXIT_FAILURE)
   if status == 'interrupted':
     sys.exit(128 + signal.Signals[summary['signal']].value)
 

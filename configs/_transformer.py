@@ -37,6 +37,8 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       generated_train_pairs=40_000,
       generated_eval_pairs=1000,
       data_seed=0,
+      train_shards=0,  # 0: one train stream per process; N (a multiple of the process count):
+                       # N streams shared out among the processes, batches independent of their count
       bleu_every=4 if tiny else 5,        # BLEU every this many evaluations (and at the end)
       bleu_sentences=128 if tiny else 3003,  # first N newstest2014 sentences; 0 disables BLEU
       beam_size=4,

@@ -225,9 +225,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _train_pairs(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int, seed: int,
-                 process_index: int, process_count: int) -> Iterator[tuple[list[list[int]], ...]]:
-  """Chunks of encoded pairs of this process's shard, epoch after epoch, less those over max_length."""
-  shard = tfds.split_for_jax_process('train', process_index=process_index, process_count=process_count)
+                 shard_index: int, num_shards: int) -> Iterator[tuple[list[list[int]], ...]]:
+  """Chunks of encoded pairs of one shard of the split, epoch after epoch, less those over max_length."""
+  shard = tfds.split_for_jax_process('train', process_index=shard_index, process_count=num_shards)
   for epoch in itertools.count():
     kept = 0
     for english, french in _text_chunks(_read(data_dir, shard, _epoch_seed(seed, epoch))):
@@ -240,23 +240,37 @@ def _train_pairs(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_lengt
       raise ConfigError(f'max_length={max_length}: no pair of the training shard fits (tokens per side)')
 
 
-def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, batch_size: int,
+def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, global_batch_size: int,
                   max_length: int, seed: int, start_step: int, process_index: int,
-                  process_count: int) -> Iterator[Batch]:
-  """Endless packed batches of `batch_size` rows from this process's shard of the train split.
+                  process_count: int, num_shards: int = 0) -> Iterator[Batch]:
+  """Endless packed batches: this process's rows of each global batch of the train split.
 
-  Each process reads its own slice of the split (tfds.split_for_jax_process). Its
-  pairs form one stream, epoch after epoch, each epoch shuffled (file order and
-  a buffer of SHUFFLE_BUFFER pairs) with a seed derived from (seed, epoch); pairs
-  with a side longer than max_length tokens (EOS included) are dropped, the rest are
-  packed (see `pack`) and every batch_size consecutive rows make a step. So the batch
-  of step s is a pure function of (seed, s, process_index, process_count). Resuming
-  at `start_step` re-reads, tokenizes and packs the stream from its start and drops
-  the first start_step batches: the exact stream continues, at a cost that grows
-  with start_step (tokenizing dominates it).
+  The split is cut into `num_shards` even slices (0: one per process), each its own
+  stream: its pairs, epoch after epoch, each epoch shuffled (file order and a buffer
+  of SHUFFLE_BUFFER pairs) with a seed derived from (seed, epoch); pairs with a side
+  longer than max_length tokens (EOS included) are dropped, the rest are packed (see
+  `pack`), and every global_batch_size / num_shards consecutive rows are that
+  stream's part of a step. A process reads only its num_shards / process_count
+  streams and stacks their parts. So the batch of step s is a pure function of
+  (seed, s, num_shards): with a fixed num_shards the same global batches reach the
+  model whatever the number of processes. Resuming at `start_step` re-reads,
+  tokenizes and packs each stream from its start and drops the first start_step
+  parts: the exact stream continues, at a cost that grows with start_step.
   """
-  pairs = _train_pairs(data_dir, tokenizer, max_length, seed, process_index, process_count)
-  return _rebatch(pack(pairs, max_length), batch_size, skip_rows=start_step * batch_size)
+  num_shards = num_shards or process_count
+  if num_shards % process_count or global_batch_size % num_shards:
+    raise ConfigError(f'train_shards={num_shards} must be a multiple of the process count '
+                      f'({process_count}) and divide global_batch_size={global_batch_size}')
+  rows = global_batch_size // num_shards
+  mine = num_shards // process_count
+  streams = [
+      _rebatch(pack(_train_pairs(data_dir, tokenizer, max_length, seed, shard, num_shards), max_length),
+               rows, skip_rows=start_step * rows)
+      for shard in range(process_index * mine, (process_index + 1) * mine)]
+  if len(streams) == 1:
+    return streams[0]
+  return ({key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+          for parts in zip(*streams))
 
 
 def _truncate(sentences: list[list[int]], max_length: int) -> list[list[int]]:

@@ -155,6 +155,9 @@ class Translation(Task):
       raise ConfigError(f'task.dtype={task.dtype!r}: choose float32 or bfloat16')
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
+    if task.train_shards < 0 or (task.train_shards and config.global_batch_size % task.train_shards):
+      raise ConfigError(f'task.train_shards={task.train_shards} must be 0 or divide '
+                        f'global_batch_size={config.global_batch_size}')
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.tfds_dir))
     self.model = Transformer(model)
     self.decode_every = task.bleu_every if task.bleu_sentences > 0 else 0
@@ -175,8 +178,8 @@ class Translation(Task):
 
   def train_data(self, process_index, process_count, start_step):
     return wmt.train_batches(
-        self.data_dir, self.tokenizer(), self.config.global_batch_size // process_count,
-        self.config.task.max_length, self.config.seed, start_step, process_index, process_count)
+        self.data_dir, self.tokenizer(), self.config.global_batch_size, self.config.task.max_length,
+        self.config.seed, start_step, process_index, process_count, self.config.task.train_shards)
 
   def eval_data(self, process_index, process_count):
     if self._eval is None:

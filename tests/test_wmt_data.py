@@ -181,12 +181,24 @@ def test_processes_read_disjoint_halves(corpus, tokenizer):
   halves = []
   for process, half in enumerate(('train[:50%]', 'train[50%:]')):
     expected = fitting_pairs(tokenizer, *wmt.read_split(corpus, half), MAX_LENGTH)
-    batch = next(wmt.train_batches(corpus, tokenizer, 1024, MAX_LENGTH, SEED, 0, process, 2))
+    batch = next(wmt.train_batches(corpus, tokenizer, 2048, MAX_LENGTH, SEED, 0, process, 2))
     pairs = unpack_pairs([batch])
     assert len(pairs) > len(expected)
     assert sorted(pairs[:len(expected)]) == sorted(expected)
     halves.append({tuple(source) for source, _ in expected})
   assert len(halves[0]) + len(halves[1]) == NUM_TRAIN and not halves[0] & halves[1]
+
+
+def test_fixed_shards_give_the_same_global_batches_to_any_process_count(corpus, tokenizer):
+  one = wmt.train_batches(corpus, tokenizer, 64, MAX_LENGTH, SEED, 0, 0, 1, num_shards=2)
+  two = [wmt.train_batches(corpus, tokenizer, 64, MAX_LENGTH, SEED, 0, p, 2, num_shards=2) for p in (0, 1)]
+  for _ in range(3):
+    whole, halves = next(one), [next(stream) for stream in two]
+    for key, array in whole.items():
+      assert halves[0][key].shape[0] == 32
+      np.testing.assert_array_equal(array, np.concatenate([halves[0][key], halves[1][key]]))
+  with pytest.raises(ConfigError, match='multiple of the process count'):
+    wmt.train_batches(corpus, tokenizer, 64, MAX_LENGTH, SEED, 0, 0, 2, num_shards=3)
 
 
 def test_eval_arrays_hold_one_truncated_pair_per_row(corpus, tokenizer):

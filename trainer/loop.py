@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optimizers
@@ -176,11 +177,25 @@ class _Progress(periodic_actions.PeriodicAction):
 
 
 class _StopRequest:
-  """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step."""
+  """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step.
 
-  def __init__(self):
+  In a multi-process job the processes must stop at the same step (checkpointing and
+  every step are collective), so they agree on it at log steps: a signal to any process
+  stops them all at the next one.
+  """
+
+  def __init__(self, log_every: int):
     self.signal = None
+    self._log_every = log_every
     self._previous = {}
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.signal is not None
+    if step % self._log_every:
+      return False
+    self.signal = int(multihost_utils.process_allgather(np.int32(self.signal or 0)).max()) or None
+    return self.signal is not None
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,7 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
   tx = optimizers.build(config.optimizer, schedule, _loss_context(config, task, abstract_boxed))
-  workdirs.prepare(workdir, config)
+  workdirs.prepare(workdir, config, write=is_main)
 
   # ---- Shardings and the initial (or restored) state.
   timer = timing.RunTimer()
@@ -271,7 +286,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
     with open(summary_path) as f:
       return json.load(f)
 
-  writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
+  if is_main:
+    writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
   writer = writers.create(workdir, is_main, timer.totals)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
@@ -344,7 +360,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   step = start_step
   timer.start_training()
   progress(step, timer.train_seconds)
-  with _StopRequest() as stop:
+  with _StopRequest(config.log_every) as stop:
     batch = first_batch
     while status is None:
       state, metrics = train_step(state, batch)
@@ -354,7 +370,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
         window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
       if step < num_steps:
         batch = partitioning.global_batch(next(train_iter), batch_sharding)
-      if step % config.log_every == 0 or step in flush_steps or stop.signal is not None:
+      stopping = stop.requested(step)
+      if step % config.log_every == 0 or step in flush_steps or stopping:
         fetched = jax.device_get(window)
         window = []
         losses = np.array([m['loss'] for m in fetched])
@@ -383,9 +400,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                   flush=True)
         if meta['steps_to_target'] is not None and config.stop_at_target:
           status = REACHED_TARGET
-      if step % config.checkpoint_every == 0 or stop.signal is not None or status or step == num_steps:
+      if step % config.checkpoint_every == 0 or stopping or status or step == num_steps:
         save(state)
-      if stop.signal is not None and status is None:
+      if stopping and status is None:
         status = INTERRUPTED
         summary['signal'] = signal.Signals(stop.signal).name
       elif step == num_steps and status is None:

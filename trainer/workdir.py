@@ -32,8 +32,11 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
-def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates the workdir, or checks that the run it holds has the same config."""
+def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
+  """Creates the workdir, or checks that the run it holds has the same config.
+
+  Every process of a multi-process job checks; only the one that `write`s records the config.
+  """
   if not workdir:
     raise ConfigError('--workdir is empty')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -55,4 +58,5 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
     if changed:
       raise ConfigError(f'workdir {workdir} holds a run with a different config '
                         f'({", ".join(changed)} differ); use another --workdir')
-  write_json(path, new)
+  if write:
+    write_json(path, new)

@@ -1,0 +1,1 @@
+"""Sweeps of `main.py` runs: search spaces, trial workdirs, and the local / TPU / Slurm backends."""

@@ -1,0 +1,1 @@
+"""Compares finished runs and sweeps (tables, curves, performance profile), reading files only."""
