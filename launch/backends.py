@@ -120,7 +120,9 @@ class Local:
           trial, slot, started = self._running.pop(process)
           free.append(slot)
           result = sweep.status(trial)
-          if result not in sweep.FINISHED + ('interrupted',):
+          if result not in sweep.FINISHED and self._signal is not None:
+            result = 'interrupted'  # also when the signal came before the trial could checkpoint
+          elif result not in sweep.FINISHED + ('interrupted',):
             result, failed = 'failed', failed + 1
           index.update(trial, result)
           entry = index.entries[trial.id]

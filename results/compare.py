@@ -25,6 +25,7 @@ from results import runs as runs_lib
 
 PROFILE_BY = {'seconds': 'train seconds', 'steps': 'steps'}
 PROFILE_TAUS = (1.0, 1.5, 2.0)  # reported besides tau_max
+SIGNIFICANT = '{:#.3g}'  # seconds and ratios: 3 significant digits, trailing zeros kept (0.100, 1.00)
 
 
 class Stat(NamedTuple):
@@ -162,7 +163,7 @@ def markdown_table(task: str, best: dict[str, Setting], baseline: str) -> str:
     rows.append([
         optimizer,
         _stat_cell(steps, '{:.0f}'), _ratio_cell(steps, base and base.steps()),
-        _stat_cell(seconds, '{:.1f}'), _ratio_cell(seconds, base and base.seconds()),
+        _stat_cell(seconds, SIGNIFICANT), _ratio_cell(seconds, base and base.seconds()),
         _stat_cell(setting.final(), '{:.4g}'),
         f'{setting.reached}/{len(setting.runs)}',
         ', '.join(f'{key}={value}' for key, value in sorted(setting.hyperparameters.items())),
@@ -180,7 +181,7 @@ def markdown_profile(profile: Profile, by: str = 'seconds') -> str:
   header = ['optimizer', 'score', *(f'ρ({tau:g})' for tau in taus), *(f'r {task}' for task in profile.tasks)]
   rows = [[optimizer, f'{profile.score(optimizer):.3f}',
            *(f'{profile.rho(optimizer, tau):.2f}' for tau in taus),
-           *(_number(profile.ratios[optimizer][task], '{:.2f}') for task in profile.tasks)]
+           *(_number(profile.ratios[optimizer][task], SIGNIFICANT) for task in profile.tasks)]
           for optimizer in sorted(profile.ratios, key=lambda name: (-profile.score(name), name))]
   intro = (f'r = an optimizer\'s {PROFILE_BY[by]} to target on a task (its best setting, median) / the '
            'fastest optimizer\'s there, ∞ if not reached or not run; ρ(τ) = fraction of tasks with '
@@ -213,18 +214,18 @@ def write(out: str, text: str, best: dict[str, dict[str, Setting]], profile: Pro
 def _stat_cell(stat: Stat | None, fmt: str) -> str:
   if stat is None:
     return '—'
-  median = fmt.format(stat.median) if math.isfinite(stat.median) else 'not reached'
+  median = _number(stat.median, fmt) if math.isfinite(stat.median) else 'not reached'
   if stat.count == 1:
     return median
   return f'{median} ({_number(stat.low, fmt)}–{_number(stat.high, fmt)})'
 
 
 def _ratio_cell(stat: Stat, base: Stat | None) -> str:
-  return '—' if base is None else _number(stat.median / base.median, '{:.2f}')
+  return '—' if base is None else _number(stat.median / base.median, SIGNIFICANT)
 
 
 def _number(value: float, fmt: str) -> str:
-  return fmt.format(value) if math.isfinite(value) else '∞'
+  return fmt.format(value).rstrip('.') if math.isfinite(value) else '∞'
 
 
 def _workdir_cell(run: runs_lib.Run) -> str:

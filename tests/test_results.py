@@ -152,7 +152,7 @@ def test_markdown_table_ratios_and_not_reached(bench):
           for line in compare.markdown_table('lp_regression', best['lp_regression'], 'adam').splitlines()
           if line.startswith('| ') and not line.startswith('| optimizer') and '---' not in line}
   assert list(rows) == ['adam', 'sgd', 'shampoo']  # baseline first
-  assert rows['shampoo'][1:8] == ['260 (200–320)', '0.65', '26.0 (20.0–32.0)', '1.30', '0.005 (0.004–0.006)',
+  assert rows['shampoo'][1:8] == ['260 (200–320)', '0.650', '26.0 (20.0–32.0)', '1.30', '0.005 (0.004–0.006)',
                                   '2/2', 'optimizer.learning_rate=0.1']
   assert rows['adam'][1:5] == ['400', '1.00', '20.0', '1.00']
   assert rows['sgd'][1:7] == ['not reached', '∞', 'not reached', '∞', '0.05', '0/1']
@@ -257,4 +257,4 @@ def test_notebook_runs_top_to_bottom(bench, capsys):
   finally:
     plt.close('all')
   out = capsys.readouterr().out
-  assert 'skipped ' in out and '| shampoo | 260 (200–320) | 0.65 |' in out
+  assert 'skipped ' in out and '| shampoo | 260 (200–320) | 0.650 |' in out
