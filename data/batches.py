@@ -5,7 +5,7 @@ The batch of step `s` is a pure function of (seed, s), so a resumed run asks for
 form the global batch without communicating.
 """
 
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -46,3 +46,24 @@ def eval_batches(arrays: Mapping[str, np.ndarray], global_batch_size: int,
     batch = {name: array[rows] for name, array in arrays.items()}
     batch['weight'] = valid.astype(np.float32)
     yield batch
+
+
+def rebatch(row_chunks: Iterable[Batch], batch_size: int, skip_rows: int = 0) -> Iterator[Batch]:
+  """Batches of exactly `batch_size` rows from chunks of any size, less the first `skip_rows`."""
+  pending, num_pending = [], 0
+  for chunk in row_chunks:
+    num_rows = len(next(iter(chunk.values())))
+    if skip_rows >= num_rows:
+      skip_rows -= num_rows
+      continue
+    pending.append({key: array[skip_rows:] for key, array in chunk.items()})
+    num_pending += num_rows - skip_rows
+    skip_rows = 0
+    if num_pending < batch_size:
+      continue
+    rows = {key: np.concatenate([c[key] for c in pending]) for key in chunk}
+    num_batches = num_pending // batch_size
+    for b in range(num_batches):
+      yield {key: array[b * batch_size:(b + 1) * batch_size] for key, array in rows.items()}
+    pending = [{key: array[num_batches * batch_size:] for key, array in rows.items()}]
+    num_pending -= num_batches * batch_size

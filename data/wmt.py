@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import ConfigError
+from data import batches
 
 DATASET = 'wmt14_translate/fr-en'
 EVAL_SPLIT = 'test'  # newstest2014
@@ -199,27 +200,6 @@ def pack(pair_chunks: Iterable[tuple[list[list[int]], list[list[int]]]],
     yield _pack_rows(inputs, targets, assign_rows(inputs, targets, max_length), max_length)
 
 
-def _rebatch(row_chunks: Iterable[Batch], batch_size: int, skip_rows: int) -> Iterator[Batch]:
-  """Batches of exactly `batch_size` rows from chunks of any size, less the first `skip_rows`."""
-  pending, num_pending = [], 0
-  for chunk in row_chunks:
-    num_rows = len(chunk['inputs'])
-    if skip_rows >= num_rows:
-      skip_rows -= num_rows
-      continue
-    pending.append({key: array[skip_rows:] for key, array in chunk.items()})
-    num_pending += num_rows - skip_rows
-    skip_rows = 0
-    if num_pending < batch_size:
-      continue
-    rows = {key: np.concatenate([c[key] for c in pending]) for key in chunk}
-    num_batches = num_pending // batch_size
-    for b in range(num_batches):
-      yield {key: array[b * batch_size:(b + 1) * batch_size] for key, array in rows.items()}
-    pending = [{key: array[num_batches * batch_size:] for key, array in rows.items()}]
-    num_pending -= num_batches * batch_size
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -264,7 +244,7 @@ def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, global_b
   rows = global_batch_size // num_shards
   mine = num_shards // process_count
   streams = [
-      _rebatch(pack(_train_pairs(data_dir, tokenizer, max_length, seed, shard, num_shards), max_length),
+      batches.rebatch(pack(_train_pairs(data_dir, tokenizer, max_length, seed, shard, num_shards), max_length),
                rows, skip_rows=start_step * rows)
       for shard in range(process_index * mine, (process_index + 1) * mine)]
   if len(streams) == 1:

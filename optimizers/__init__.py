@@ -14,7 +14,6 @@ extra argument `loss_args` that the trainer passes to every update.
 
 from typing import Callable, NamedTuple
 
-import jax
 import ml_collections
 import optax
 
@@ -41,12 +40,15 @@ class Optimizer(NamedTuple):
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
   # Whether `direction` takes (cfg, kfac.LossContext): curvature from the task's loss.
   needs_loss: bool = False
+  # Whether `direction` applies decoupled weight decay itself (LAMB: inside its trust ratio).
+  owns_weight_decay: bool = False
 
 
 REGISTRY: dict[str, Optimizer] = {
     'sgd': Optimizer(first_order.SGD_DEFAULTS, first_order.sgd),
     'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
     'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
+    'lamb': Optimizer(first_order.LAMB_DEFAULTS, first_order.lamb, owns_weight_decay=True),
     'shampoo': Optimizer(shampoo.DEFAULTS,
                          lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
                          shampoo.metrics),
@@ -89,10 +91,6 @@ def state_metrics(name: str):
   return _lookup(name).metrics
 
 
-def _decay_mask(decay_rank1: bool):
-  return lambda params: jax.tree.map(lambda p: decay_rank1 or p.ndim > 1, params)
-
-
 def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
           loss: kfac.LossContext | None = None) -> optax.GradientTransformationExtraArgs:
   """The full update rule for `cfg` (config.optimizer); fails early on bad values."""
@@ -104,14 +102,14 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
     direction = optimizer.direction(cfg, loss)
   else:
     direction = optimizer.direction(cfg)
-  decay = optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask(cfg.decay_rank1))
+  decay = optax.add_decayed_weights(cfg.weight_decay, mask=first_order.decay_mask(cfg.decay_rank1))
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'coupled':
     parts.append(decay)
   parts.append(direction)
-  if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'decoupled':
+  if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'decoupled' and not optimizer.owns_weight_decay:
     parts.append(decay)
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts)

@@ -1,5 +1,6 @@
-"""First-order directions from optax: SGD (momentum, Nesterov), Adam, Adagrad."""
+"""First-order directions from optax: SGD (momentum, Nesterov), Adam, Adagrad, LAMB."""
 
+import jax
 import ml_collections
 import optax
 
@@ -8,6 +9,8 @@ from configs import ConfigError
 SGD_DEFAULTS = dict(momentum=0.9, nesterov=False)
 ADAM_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-8)
 ADAGRAD_DEFAULTS = dict(initial_accumulator_value=0.1, eps=1e-7)
+# You et al. 2020 (LAMB), as in the MLPerf BERT reference: eps 1e-6.
+LAMB_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-6)
 
 
 def check_range(cfg: ml_collections.ConfigDict, field: str, low, high, *, high_inclusive=False):
@@ -18,6 +21,11 @@ def check_range(cfg: ml_collections.ConfigDict, field: str, low, high, *, high_i
     upper = 'inf' if high is None else high
     bracket = ']' if high_inclusive else ')'
     raise ConfigError(f'optimizer.{field}={value} is outside [{low}, {upper}{bracket}')
+
+
+def decay_mask(decay_rank1: bool):
+  """Which parameters weight decay applies to: matrices and up, and rank-1 ones if asked."""
+  return lambda params: jax.tree.map(lambda p: decay_rank1 or p.ndim > 1, params)
 
 
 def sgd(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -38,3 +46,12 @@ def adagrad(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   check_range(cfg, 'initial_accumulator_value', 0.0, None)
   check_range(cfg, 'eps', 0.0, None)
   return optax.scale_by_rss(initial_accumulator_value=cfg.initial_accumulator_value, eps=cfg.eps)
+
+
+def lamb(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam's direction plus decoupled weight decay, rescaled per parameter by the trust ratio
+  ||w|| / ||direction||: the decay sits inside the ratio, so LAMB applies it itself."""
+  adam_direction = adam(cfg)
+  decay = cfg.weight_decay if cfg.weight_decay_mode == 'decoupled' else 0.0
+  return optax.chain(adam_direction, optax.add_decayed_weights(decay, mask=decay_mask(cfg.decay_rank1)),
+                     optax.scale_by_trust_ratio())

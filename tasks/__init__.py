@@ -8,6 +8,7 @@ from tasks.base import Task
 REGISTRY = {
     'lp_regression': 'tasks.lp_regression:LpRegression',
     'transformer': 'tasks.transformer:Translation',
+    'bert': 'tasks.bert:Pretraining',
 }
 
 

@@ -12,6 +12,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import ConfigError
+
 Batch = dict[str, np.ndarray]
 Metrics = dict[str, jax.Array]
 
@@ -64,3 +66,18 @@ class Task(abc.ABC):
   def decode_metrics(self, index: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """Host-side metrics of all generated rows (`index` says which input each row is)."""
     raise NotImplementedError
+
+
+def preset_fields(task: ml_collections.ConfigDict, presets: dict[str, dict]) -> dict:
+  """The model preset `task.model`, with any field the task sets explicitly overriding it.
+
+  Explicit means > 0 for sizes and >= 0 for dropouts: configs leave 0 / -1 for "the preset's".
+  """
+  if task.model not in presets:
+    raise ConfigError(f'task.model={task.model!r}: choose one of {", ".join(presets)}')
+  fields = dict(presets[task.model])
+  for name in fields:
+    explicit = task[name] >= 0 if 'dropout' in name else task[name] > 0
+    if explicit:
+      fields[name] = task[name]
+  return fields

@@ -14,18 +14,29 @@ warm-up sensitivity.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import ConfigError
+
 Dtype = Any
 NEG_INF = -1e9
 
 
-def _dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+def check_sizes(features: int, num_heads: int, dtype: str) -> None:
+  """Settings every model built from these blocks needs: whole heads, a supported activation dtype."""
+  if features % num_heads:
+    raise ConfigError(f'model features {features} not divisible by its {num_heads} heads')
+  if dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f'task.dtype={dtype!r}: choose float32 or bfloat16')
+
+
+def dense(features: int, axes: tuple[str, str], dtype: Dtype, name: str) -> nn.Dense:
+  """A Dense layer whose kernel (and bias) carry logical axis names."""
   init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes)
   return nn.Dense(features, dtype=dtype, name=name, kernel_init=init,
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
@@ -94,9 +105,9 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'features {self.features} not divisible by num_heads {self.num_heads}')
     head_dim = self.features // self.num_heads
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, head_dim))
-    q = split(_dense(self.features, ('embed', 'heads'), self.dtype, 'query')(queries))
-    k = split(_dense(self.features, ('embed', 'heads'), self.dtype, 'key')(keys_values))
-    v = split(_dense(self.features, ('embed', 'heads'), self.dtype, 'value')(keys_values))
+    q = split(dense(self.features, ('embed', 'heads'), self.dtype, 'query')(queries))
+    k = split(dense(self.features, ('embed', 'heads'), self.dtype, 'key')(keys_values))
+    v = split(dense(self.features, ('embed', 'heads'), self.dtype, 'value')(keys_values))
     if self.decode:
       k, v, mask = self._use_cache(k, v, decode_position)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(head_dim).astype(self.dtype)
@@ -104,7 +115,7 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
     weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(queries.shape[:-1] + (self.features,))
-    return _dense(self.features, ('heads', 'embed'), self.dtype, 'out')(out)
+    return dense(self.features, ('heads', 'embed'), self.dtype, 'out')(out)
 
   def _use_cache(self, k, v, position):
     """Writes this step's key/value at `position`; returns the cache and a mask of filled slots."""
@@ -124,12 +135,13 @@ class FeedForward(nn.Module):
   features: int
   dropout: float
   dtype: Dtype = jnp.float32
+  activation: Callable = nn.relu  # BERT: gelu
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
-    x = nn.relu(_dense(self.hidden, ('embed', 'mlp'), self.dtype, 'wi')(x))
+    x = self.activation(dense(self.hidden, ('embed', 'mlp'), self.dtype, 'wi')(x))
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-    return _dense(self.features, ('mlp', 'embed'), self.dtype, 'wo')(x)
+    return dense(self.features, ('mlp', 'embed'), self.dtype, 'wo')(x)
 
 
 def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, dtype: Dtype):
@@ -146,6 +158,7 @@ class EncoderBlock(nn.Module):
   dropout: float
   attention_dropout: float
   dtype: Dtype = jnp.float32
+  activation: Callable = nn.relu
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
@@ -154,7 +167,7 @@ class EncoderBlock(nn.Module):
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
                                    name='attention')
     x = sublayer(x, lambda y: attention(y, y, mask, deterministic=deterministic), 'attention_norm')
-    mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')
+    mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, self.activation, name='mlp')
     return sublayer(x, lambda y: mlp(y, deterministic=deterministic), 'mlp_norm')
 
 

@@ -27,7 +27,7 @@ import sacrebleu
 from configs import ConfigError
 from data import batches, synthetic_translation, wmt
 from tasks import beam_search, layers, losses
-from tasks.base import Task
+from tasks.base import Task, preset_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,14 +130,7 @@ MODELS = {
 
 def model_config(task) -> ModelConfig:
   """The preset `task.model`, with any task field set explicitly (>= 0 dropouts, > 0 sizes) overriding it."""
-  if task.model not in MODELS:
-    raise ConfigError(f'task.model={task.model!r}: choose one of {", ".join(MODELS)}')
-  fields = dict(MODELS[task.model])
-  for name in fields:
-    explicit = task[name] >= 0 if 'dropout' in name else task[name] > 0
-    if explicit:
-      fields[name] = task[name]
-  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, **fields)
+  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, **preset_fields(task, MODELS))
 
 
 class Translation(Task):
@@ -149,10 +142,7 @@ class Translation(Task):
     super().__init__(config)
     task = config.task
     model = model_config(task)
-    if model.features % model.num_heads:
-      raise ConfigError(f'model features {model.features} not divisible by its {model.num_heads} heads')
-    if task.dtype not in ('float32', 'bfloat16'):
-      raise ConfigError(f'task.dtype={task.dtype!r}: choose float32 or bfloat16')
+    layers.check_sizes(model.features, model.num_heads, task.dtype)
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
     if task.train_shards < 0 or (task.train_shards and config.global_batch_size % task.train_shards):

@@ -45,7 +45,7 @@ def test_tiny_run_with_default_workdir_and_overrides(tmp_path):
   assert summary['status'] == 'completed' and summary['step'] == 60 and summary['size'] == 'tiny'
   assert config['optimizer']['learning_rate'] == 0.02 and config['num_steps'] == 60
   assert 'step 50/60' in result.stdout and 'steps/s' in result.stdout and 'ETA' in result.stdout
-  assert f'lp_regression_adam-tiny: completed at step 60' in result.stdout
+  assert 'lp_regression_adam-tiny: completed at step 60' in result.stdout
 
 
 @pytest.mark.parametrize('args,message', [

@@ -46,6 +46,7 @@ def run_updates(cfg, params, grads, steps=1):
     ('sgd', lambda: optax.sgd(0.1, momentum=0.9, nesterov=True)),
     ('adam', lambda: optax.adam(0.1)),
     ('adagrad', lambda: optax.adagrad(0.1)),
+    ('lamb', lambda: optax.lamb(0.1, weight_decay=0.0)),
 ])
 def test_registered_optimizers_match_optax(name, reference):
   extra = {'nesterov': True} if name == 'sgd' else {}
@@ -72,6 +73,22 @@ def test_decoupled_weight_decay_is_adamw_and_skips_rank1():
   np.testing.assert_allclose(ours['w'], expected['w'], rtol=1e-6)
   np.testing.assert_allclose(ours['b'], expected['b'], rtol=1e-6)
   assert float(ours['w'][0, 0]) < float(ours['b'][0])  # only the matrix was decayed
+
+
+def test_lamb_decays_weights_inside_its_trust_ratio():
+  cfg = optimizers.config('lamb', learning_rate=0.1, weight_decay=0.5)
+  params = {'w': jnp.arange(1.0, 7.0).reshape(2, 3), 'b': jnp.ones(3)}
+  grads = {'w': jnp.linspace(-1, 1, 6).reshape(2, 3), 'b': jnp.full(3, 0.5)}
+  ours = run_updates(cfg, params, grads, steps=3)
+  lamb = optax.lamb(0.1, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+  state, expected = lamb.init(params), params
+  for _ in range(3):
+    updates, state = lamb.update(grads, state, expected)
+    expected = optax.apply_updates(expected, updates)
+  for key in params:
+    np.testing.assert_allclose(ours[key], expected[key], rtol=1e-6)
+  undecayed = run_updates(optimizers.config('lamb', learning_rate=0.1), params, grads, steps=3)
+  assert not np.allclose(undecayed['w'], ours['w'])
 
 
 def test_coupled_weight_decay_adds_l2_to_the_gradient():

@@ -1,0 +1,22 @@
+"""bert with Shampoo: `python main.py --config=configs/bert_shampoo.py:tiny`.
+
+As for the Transformer: RMSprop-normalized grafting, roots every 10 (tiny) / 100 steps
+after a first-order start, small dimensions merged only up to one block. The
+embedding (vocabulary x features) is preconditioned on its feature side only when the
+vocabulary exceeds `skip_preconditioning_dim_size_gt`.
+"""
+
+import optimizers
+from configs import _bert
+
+
+def get_config(size: str = 'paper'):
+  config = _bert.get_config(size)
+  tiny = size == 'tiny'
+  config.optimizer = optimizers.config(
+      'shampoo', learning_rate=2e-3 if tiny else 1e-4, beta1=0.9, beta2=0.99, weight_decay=0.01,
+      block_size=128 if tiny else 1024, merge_small_dims_block_size=128 if tiny else 1024,
+      graft_type='rmsprop_normalized',
+      start_preconditioning_step=100 if tiny else 1000,
+      preconditioning_compute_steps=10 if tiny else 100)
+  return config

@@ -1,0 +1,117 @@
+"""BERT: the model's masking contract, the MLM head, tiny training, sharding, config checks."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trainer
+from configs import ConfigError
+from conftest import load_config
+from tasks.bert import Bert, ModelConfig, Pretraining
+
+MODEL = ModelConfig(vocab_size=50, features=32, num_heads=4, hidden=64, layers=2, dropout=0.0,
+                    attention_dropout=0.0, max_positions=16, next_sentence=True)
+# A small prepared corpus, through the real generator, preparation script and reader.
+SMALL = dict(task__generated_documents=400, task__vocab_size=300, task__dataset='synthetic_bert_small',
+             task__max_seq_length=32, task__max_predictions_per_seq=5, global_batch_size=16,
+             eval_batch_size=64, schedule__warmup_steps=10)
+
+
+def random_batch(seed: int, batch: int = 3, length: int = 16, predictions: int = 4):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(6, length, batch)
+  mask = (np.arange(length) < lengths[:, None]).astype(np.int32)
+  positions = np.sort(np.stack([rng.choice(np.arange(1, n - 1), predictions, replace=False) for n in lengths]), 1)
+  return {'input_ids': rng.integers(5, MODEL.vocab_size, (batch, length)).astype(np.int32) * mask,
+          'input_mask': mask, 'segment_ids': (np.arange(length) >= lengths[:, None] // 2).astype(np.int32) * mask,
+          'masked_lm_positions': positions.astype(np.int32),
+          'masked_lm_ids': rng.integers(5, MODEL.vocab_size, (batch, predictions)).astype(np.int32),
+          'masked_lm_weights': np.ones((batch, predictions), np.float32),
+          'next_sentence_labels': rng.integers(0, 2, (batch, 1)).astype(np.int32)}
+
+
+@pytest.fixture(scope='module')
+def model_and_params():
+  model = Bert(MODEL)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), random_batch(0), deterministic=True)['params'])
+  return model, params
+
+
+def test_padding_never_reaches_the_outputs(model_and_params):
+  model, params = model_and_params
+  batch = random_batch(1)
+  mlm, nsp = model.apply({'params': params}, batch, deterministic=True)
+  assert mlm.shape == (3, 4, MODEL.vocab_size) and nsp.shape == (3, 2)
+  noisy = dict(batch)  # other tokens and segments where input_mask is 0
+  noisy['input_ids'] = np.where(batch['input_mask'] > 0, batch['input_ids'], 7)
+  noisy['segment_ids'] = np.where(batch['input_mask'] > 0, batch['segment_ids'], 1)
+  mlm_noisy, nsp_noisy = model.apply({'params': params}, noisy, deterministic=True)
+  np.testing.assert_allclose(mlm_noisy, mlm, atol=1e-5)
+  np.testing.assert_allclose(nsp_noisy, nsp, atol=1e-5)
+  changed = dict(batch, input_ids=batch['input_ids'].copy())  # control: a real token does matter
+  changed['input_ids'][:, 1] = 9
+  assert not np.allclose(model.apply({'params': params}, changed, deterministic=True)[0], mlm, atol=1e-3)
+
+
+def test_padded_predictions_never_contribute_to_the_loss(tmp_path):
+  task = Pretraining(load_config('bert_adam', **SMALL))
+  params, state = task.init(jax.random.PRNGKey(0))
+  params = nn.unbox(params)
+  batch = {k: jnp.asarray(v) for k, v in random_batch(2, length=32, predictions=5).items()}
+  batch['masked_lm_weights'] = batch['masked_lm_weights'].at[:, -2:].set(0.0)
+  loss, (_, metrics) = task.loss(params, state, batch, jax.random.PRNGKey(1))
+  other = dict(batch, masked_lm_ids=batch['masked_lm_ids'].at[:, -2:].set(11),
+               masked_lm_positions=batch['masked_lm_positions'].at[:, -2:].set(0))
+  other_loss, (_, other_metrics) = task.loss(params, state, other, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(other_loss, loss, rtol=1e-6)
+  np.testing.assert_allclose(other_metrics['mlm_accuracy'], metrics['mlm_accuracy'])
+  counted = dict(batch, masked_lm_ids=batch['masked_lm_ids'].at[:, 0].set(11))  # control
+  assert not np.isclose(task.loss(params, state, counted, jax.random.PRNGKey(1))[0], loss, rtol=1e-6)
+
+
+def test_the_mlm_head_is_tied_to_the_token_embedding(model_and_params):
+  model, params = model_and_params
+  assert {'mlm_transform', 'mlm_bias', 'embed'} <= set(params)
+  assert not any(p.shape[-1] == MODEL.vocab_size and p.ndim == 2 for p in jax.tree.leaves(params)
+                 if p.shape != params['embed']['embedding'].shape)
+  batch = random_batch(3)
+  shifted = jax.tree.map(lambda x: x, params)
+  shifted['embed']['embedding'] = params['embed']['embedding'].at[11].add(0.5)
+  before = model.apply({'params': params}, batch, deterministic=True)[0]
+  after = model.apply({'params': shifted}, batch, deterministic=True)[0]
+  assert np.abs(after[..., 11] - before[..., 11]).max() > 10 * np.abs(np.delete(after - before, 11, -1)).max()
+
+
+def test_tiny_training_lowers_mlm_loss(tmp_path):
+  config = load_config('bert_adam', **SMALL, num_steps=80, eval_every=40)
+  summary = trainer.run(config, str(tmp_path / 'run'), 'bert_adam', devices=jax.devices()[:1])
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    evals = [json.loads(line) for line in f if '"eval"' in line]
+  assert summary['status'] == 'completed'
+  assert set(summary['final_eval']) == {'loss', 'mlm_loss', 'mlm_accuracy', 'nsp_loss', 'nsp_accuracy'}
+  assert evals[-1]['mlm_loss'] < evals[0]['mlm_loss'] < np.log(300)
+  assert summary['final_eval']['mlm_accuracy'] > 0.1
+
+
+def test_sharded_run_matches_single_device(tmp_path):
+  """data=4 x model=2 (heads, feed-forward and vocabulary split over `model`) equals one device."""
+  common = dict(SMALL, num_steps=4, eval_every=4, schedule__warmup_steps=2)
+  name = 'bert_adam'
+  one = trainer.run(load_config(name, **common), str(tmp_path / 'one'), name, devices=jax.devices()[:1])
+  eight = trainer.run(load_config(name, **common, mesh__data=4, mesh__model=2), str(tmp_path / 'eight'),
+                      name, devices=jax.devices())
+  for split in ('final_eval', 'final_train'):
+    np.testing.assert_allclose(eight[split]['loss'], one[split]['loss'], rtol=2e-4)
+
+
+def test_bad_settings_are_refused_before_training(tmp_path):
+  with pytest.raises(ConfigError, match='max_predictions_per_seq'):
+    Pretraining(load_config('bert_adam', task__max_predictions_per_seq=64))
+  with pytest.raises(ConfigError, match='nsp_accuracy'):
+    trainer.run(load_config('bert_adam', **SMALL, task__next_sentence=False,
+                            target=('nsp_accuracy', 0.9, 'above')), str(tmp_path / 'run'), 'bert_adam')
+  assert not (tmp_path / 'run').exists()
