@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo test lock clean
+.PHONY: install demo diagnostics test lock clean
 
 install: $(STAMP)
 
@@ -23,6 +23,18 @@ demo: $(STAMP)
 	      --workdir=$(DEMO)/transformer_$$optimizer-tiny || exit 1; \
 	done
 	$(PY) -m results.compare $(DEMO) --out $(DEMO)/compare
+
+# Curvature diagnostics along SGD, Adam and Shampoo trajectories (tiny lp_regression and Transformer);
+# results/diagnostics_tiny/ holds what it wrote (table.md and the PNG curves).
+DIAGNOSTICS := runs/diagnostics
+diagnostics: $(STAMP)
+	for optimizer in sgd adam shampoo; do \
+	  $(PY) main.py --config=configs/lp_regression_$$optimizer.py:tiny --config.diagnostics.every=25 \
+	      --workdir=$(DIAGNOSTICS)/lp_regression_$$optimizer || exit 1; \
+	  $(PY) main.py --config=configs/transformer_$$optimizer.py:tiny --config.num_steps=600 \
+	      --config.diagnostics.every=100 --workdir=$(DIAGNOSTICS)/transformer_$$optimizer || exit 1; \
+	done
+	$(PY) -m results.compare $(DIAGNOSTICS) --out results/diagnostics_tiny
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests

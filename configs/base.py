@@ -57,5 +57,14 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   config.target = ('loss', 0.0, 'below')
   config.stop_at_target = False
   config.log_optimizer_metrics = False  # e.g. Shampoo root errors / failed roots, with train metrics
+
+  # Curvature diagnostics on one fixed batch (trainer/diagnostics.py): top Hessian eigenvalue,
+  # Hessian trace, R_med overall and per parameter, Shampoo's statistics' conditioning.
+  config.diagnostics = ml_collections.ConfigDict(dict(
+      every=0,               # steps between diagnostics (also at step 0); 0 = off
+      power_iterations=20,   # for the top eigenvalue
+      hutchinson_samples=8,  # Rademacher probes for the Hessian diagonal
+      seed=0,                # probes and the power iteration's start
+  ))
   return config
 

@@ -1,9 +1,9 @@
 """bert with Shampoo: `python main.py --config=configs/bert_shampoo.py:tiny`.
 
 As for the Transformer: RMSprop-normalized grafting, roots every 10 (tiny) / 100 steps
-after a first-order start, small dimensions merged only up to one block. The
-embedding (vocabulary x features) is preconditioned on its feature side only when the
-vocabulary exceeds `skip_preconditioning_dim_size_gt`.
+after a first-order start, small dimensions merged only up to one block. The token
+embedding (vocabulary x features) gets the graft direction only when its vocabulary
+exceeds `skip_preconditioning_dim_size_gt` (4096: so in `paper`, not in `tiny`).
 """
 
 import optimizers

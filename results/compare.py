@@ -199,13 +199,18 @@ def report(best: dict[str, dict[str, Setting]], baseline: str, profile: Profile,
 
 def write(out: str, text: str, best: dict[str, dict[str, Setting]], profile: Profile,
           by: str = 'seconds') -> list[str]:
-  """table.md, <task>_curves.png and performance_profile.png into `out`; returns the PNG paths."""
+  """table.md, <task>_curves.png (and <task>_diagnostics.png when runs logged curvature diagnostics)
+  and performance_profile.png into `out`; returns the PNG paths."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'table.md'), 'w') as f:
     f.write(text)
   colors = plots.palette(profile.ratios)
-  pngs = [plots.save(plots.curves(task, list(per.values()), colors), os.path.join(out, f'{task}_curves.png'))
-          for task, per in best.items()]
+  pngs = []
+  for task, per in best.items():
+    pngs.append(plots.save(plots.curves(task, list(per.values()), colors), os.path.join(out, f'{task}_curves.png')))
+    figure = plots.diagnostics(task, list(per.values()), colors)
+    if figure is not None:
+      pngs.append(plots.save(figure, os.path.join(out, f'{task}_diagnostics.png')))
   pngs.append(plots.save(plots.profile(profile, colors, PROFILE_BY[by]),
                          os.path.join(out, 'performance_profile.png')))
   return pngs

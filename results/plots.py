@@ -50,6 +50,35 @@ def curves(task: str, settings: list, colors: dict[str, str] | None = None) -> F
   return fig
 
 
+DIAGNOSTICS = ('top_eigenvalue', 'r_med', 'hessian_trace', 'hessian_zero_fraction', 'shampoo_log10_cond_median')
+
+
+def diagnostics(task: str, settings: list, colors: dict[str, str] | None = None) -> Figure | None:
+  """One panel per curvature statistic (trainer/diagnostics.py) against step, a line per run in
+  its optimizer's colour; None when no run of the task logged diagnostics."""
+  colors = colors or palette(setting.optimizer for setting in settings)
+  present = [key for key in DIAGNOSTICS
+             if any(len(run.series('diagnostics', key)[0]) for setting in settings for run in setting.runs)]
+  if not present:
+    return None
+  fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 4), constrained_layout=True,
+                           squeeze=False)
+  for ax, key in zip(axes[0], present):
+    for setting in settings:
+      for i, run in enumerate(setting.runs):
+        steps, _, values = run.series('diagnostics', key)
+        ax.plot(steps, values, color=colors[setting.optimizer], marker='.',
+                label=setting.optimizer if i == 0 and len(steps) else None)
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [[]])
+    if key in ('r_med', 'hessian_trace') and len(values) and np.all(values > 0):
+      ax.set_yscale('log')
+    ax.set(xlabel='step', title=key)
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend()
+  fig.suptitle(f'{task}: curvature on a fixed batch')
+  return fig
+
+
 def profile(profile, colors: dict[str, str] | None = None, measure: str = 'time') -> Figure:
   """rho(tau) per optimizer as the step function it is over [1, tau_max], its score in the legend."""
   colors = colors or palette(profile.ratios)

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import optimizers
 import tasks
 from configs import ConfigError
-from trainer import partitioning, timing, workdir as workdirs, writers
+from trainer import diagnostics, partitioning, timing, workdir as workdirs, writers
 from trainer.checkpoints import Checkpointer
 
 # Steps dispatched ahead of the host. Enough to keep a device busy; unbounded
@@ -237,6 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
   tx = optimizers.build(config.optimizer, schedule, _loss_context(config, task, abstract_boxed))
+  diagnostics.check(config.diagnostics)
   workdirs.prepare(workdir, config, write=is_main)
 
   # ---- Shardings and the initial (or restored) state.
@@ -341,6 +342,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
       metrics.update(decode_evaluate(state))
     return metrics
 
+  diagnose = None
+  if config.diagnostics.every:  # off: nothing is built or compiled
+    diagnostic_batch = partitioning.global_batch(
+        next(task.train_data(process_index, process_count, 0)), batch_sharding)
+    with timer.pause('compile'):
+      diagnose = jax.jit(
+          diagnostics.build(task, config.diagnostics, config.optimizer),
+          in_shardings=(param_shardings, model_state_shardings, state_shardings.opt_state, batch_sharding),
+          out_shardings=replicated).lower(
+              state.params, state.model_state, state.opt_state, diagnostic_batch).compile()
+
+  def log_diagnostics(state, step: int) -> None:
+    with timer.pause('diagnostics', state):
+      values = jax.device_get(diagnose(state.params, state.model_state, state.opt_state, diagnostic_batch))
+    writer.write_scalars(step, {f'diagnostics/{k}': v for k, v in values.items()})
+
   def save(state) -> None:
     with timer.pause('checkpoint', state):
       checkpointer.save(int(state.step), state, {**meta, **timer.totals()})
@@ -358,6 +375,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   progress = _Progress(num_steps, config.log_every, flush_steps, enabled=is_main)
   window = []
   step = start_step
+  if diagnose and step == 0:
+    log_diagnostics(state, step)
   timer.start_training()
   progress(step, timer.train_seconds)
   with _StopRequest(config.log_every) as stop:
@@ -400,6 +419,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                   flush=True)
         if meta['steps_to_target'] is not None and config.stop_at_target:
           status = REACHED_TARGET
+      if diagnose and step % config.diagnostics.every == 0:
+        log_diagnostics(state, step)
       if step % config.checkpoint_every == 0 or stopping or status or step == num_steps:
         save(state)
       if stopping and status is None:

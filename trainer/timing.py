@@ -2,7 +2,7 @@
 
 `train_seconds` counts only training: the clock runs between training steps and
 is paused (after waiting for in-flight device work, so that work is charged to
-training) around compilation, evaluation and checkpointing, which get their own
+training) around compilation, evaluation, checkpointing and diagnostics, which get their own
 totals. Everything restarts from the totals a checkpoint recorded.
 """
 
@@ -11,7 +11,7 @@ import time
 
 import jax
 
-PHASES = ('train', 'compile', 'eval', 'checkpoint')
+PHASES = ('train', 'compile', 'eval', 'checkpoint', 'diagnostics')
 
 
 class RunTimer:

@@ -11,7 +11,7 @@ CONFIG_FILE = 'config.json'
 SUMMARY_FILE = 'summary.json'
 # Settings that do not change the training trajectory: a resumed run may change them.
 RUN_CONTROL_KEYS = ('num_steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-                    'stop_at_target', 'target', 'eval_batch_size', 'data_dir')
+                    'stop_at_target', 'target', 'eval_batch_size', 'data_dir', 'diagnostics')
 
 
 def write_json(path: str, value) -> None:

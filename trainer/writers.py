@@ -28,8 +28,10 @@ class JsonlWriter(interface.MetricWriter):
   def write_scalars(self, step, scalars):
     by_split = collections.defaultdict(dict)
     for key, value in scalars.items():
-      split, _, name = key.rpartition('/')
-      by_split[split or 'train'][name] = float(np.asarray(value))
+      split, sep, name = key.partition('/')  # 'diagnostics/r_med/encoder/kernel': split 'diagnostics'
+      if not sep:
+        split, name = 'train', key
+      by_split[split][name] = float(np.asarray(value))
     timers = self._timers()
     with open(self._path, 'a') as f:
       for split, values in by_split.items():
