@@ -68,9 +68,11 @@ def get_sweep(config):
 def launch_sweep(sweep_file, sweep_dir, *args, wait=True):
   command = [sys.executable, '-m', 'launch.sweep', f'--config={LP}', f'--sweep={sweep_file}',
              f'--sweep_dir={sweep_dir}', *args]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')  # trials need no mesh
   if wait:
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
 
 
 def index(sweep_dir):
@@ -80,7 +82,7 @@ def index(sweep_dir):
 
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path):
   sweep_file, sweep_dir = tmp_path / 'lr.py', str(tmp_path / 'sweep')
-  sweep_file.write_text(SWEEP_FILE % 2000)
+  sweep_file.write_text(SWEEP_FILE % 1000)
   first, second, third = (f'{sweep_dir}/learning_rate={lr},seed=0' for lr in (0.01, 0.02, 0.03))
   process = launch_sweep(sweep_file, sweep_dir, wait=False)
   deadline = time.monotonic() + 240
@@ -103,17 +105,17 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path):
   assert '3 trials, 1 already finished, 2 to run' in result.stdout
   assert 'started  learning_rate=0.01' not in result.stdout
   entries = index(sweep_dir)
-  assert {e['status'] for e in entries.values()} == {'completed'} and {e['step'] for e in entries.values()} == {2000}
+  assert {e['status'] for e in entries.values()} == {'completed'} and {e['step'] for e in entries.values()} == {1000}
   with open(f'{first}/metrics.jsonl') as f:
     assert f.read() == finished_metrics
   assert os.stat(f'{first}/summary.json').st_mtime_ns == stat.st_mtime_ns
   with open(f'{second}/summary.json') as f:
     resumed = json.load(f)
-  assert resumed['status'] == 'completed' and resumed['step'] == 2000
+  assert resumed['status'] == 'completed' and resumed['step'] == 1000
   with open(f'{second}/metrics.jsonl') as f:
     steps = [json.loads(line)['step'] for line in f if '"train"' in line]
   # Resumed where it stopped (its last window ended at the signal): no step twice, none missing.
-  assert steps == sorted(set(steps)) and set(range(100, 2001, 100)) <= set(steps) and steps[-1] == 2000
+  assert steps == sorted(set(steps)) and set(range(100, 1001, 100)) <= set(steps) and steps[-1] == 1000
   with open(f'{third}/config.json') as f:
     assert json.load(f)['optimizer']['learning_rate'] == 0.03
 
