@@ -1,6 +1,6 @@
 # `make demo`: install into .venv, train the tiny Transformer with Adam and with Shampoo (each
 # stops at its target), and compare them (table + PNG curves in runs/demo/compare).
-# `make test`: install/update .venv and run the whole suite (8 simulated CPU devices).
+# `make test`: install/update .venv and run the whole suite (8 simulated CPU devices, 2 workers).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -36,8 +36,10 @@ diagnostics: $(STAMP)
 	done
 	$(PY) -m results.compare $(DIAGNOSTICS) --out results/diagnostics_tiny
 
+# Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 # (tf-keras without its dependencies: it would pull the full tensorflow wheel beside tensorflow-cpu).
