@@ -5,11 +5,16 @@ Written here from the paper (arXiv 2002.09018) and first principles.
 Per parameter, a static layout decides how it is preconditioned:
   * dimensions of size 1 are dropped and adjacent small dimensions merged while their
     product stays <= `merge_small_dims_block_size` (conv [3,3,64,64] -> [576, 64]);
-  * parameters of rank <= 1 (biases, norm scales) and those with a dimension above
-    `skip_preconditioning_dim_size_gt` get the graft direction only;
+  * parameters of rank <= 1 (biases, norm scales) get the graft direction only, and so
+    do those with a dimension above `skip_preconditioning_dim_size_gt` (embedding
+    tables), unless `precondition_embeddings`: then only their other dimensions get
+    statistics (a [vocab, d] table: one d x d statistic, shared by all rows), and
+    grafting sets the norm of each row (each slice along the skipped dimension), so a
+    rarely seen row keeps the graft's step size while the statistic turns its direction;
   * the others are cut into blocks of at most `block_size` per dimension (the last block
-    zero-padded); a rank-k block has k statistics L_i <- beta2 L_i + (1-beta2) G_(i) G_(i)^T
-    (beta2 = 1: plain sums), and its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}.
+    zero-padded; a skipped dimension is one block); a block with k preconditioned
+    dimensions has k statistics L_i <- beta2 L_i + (1-beta2) G_(i) G_(i)^T (beta2 = 1:
+    plain sums), and its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}.
 
 Layout for speed and sharding: statistics of all parameters are stacked per
 (block size, exponent) bucket into [n, b, b] arrays, so a statistics update and a
@@ -19,9 +24,10 @@ Roots: coupled Newton iteration (or eigh), damped by `matrix_epsilon` (times the
 largest eigenvalue, by power iteration, when `relative_matrix_epsilon`); a root with
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
 refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
-updates, inside the jitted step with `lax.cond` (never before the start: unused there). Grafting rescales each block of the Shampoo
-direction to the norm of the graft's direction for that block; before
-`start_preconditioning_step` the graft direction is used alone.
+updates, inside the jitted step with `lax.cond` (never before the start: unused there).
+Grafting rescales each block of the Shampoo direction to the norm of the graft's direction
+for that block (each row, along a skipped dimension); before `start_preconditioning_step`
+the graft direction is used alone.
 """
 
 import dataclasses
@@ -53,6 +59,7 @@ DEFAULTS = dict(
     exponent_override=0,                # root exponent p for every statistic; 0 = 2 x rank
     inverse_failure_threshold=0.1,      # Newton error above this keeps the previous root
     skip_preconditioning_dim_size_gt=4096,
+    precondition_embeddings=False,      # statistics on the other dims of a parameter with a skipped dim
     merge_small_dims_block_size=4096,
     root_method='newton',               # newton | eigh
     newton_iterations=100,
@@ -189,11 +196,11 @@ class _Layout:
   merged: tuple[int, ...]
   block: tuple[int, ...] = ()
   grid: tuple[int, ...] = ()
-  slots: tuple[tuple[str, int], ...] = ()  # per merged dim: (bucket key, offset)
+  slots: tuple[tuple[str, int] | None, ...] = ()  # per merged dim: (bucket key, offset); None: skipped
 
   @property
   def preconditioned(self) -> bool:
-    return bool(self.slots)
+    return any(self.slots)
 
   @property
   def num_blocks(self) -> int:
@@ -207,16 +214,21 @@ def _bucket_key(size: int, exponent: int) -> str:
 def _plan(shapes, hp) -> tuple[list[_Layout], dict[str, int], dict[str, np.ndarray]]:
   """Layouts per parameter, bucket sizes, and padding masks per bucket."""
   layouts, counts, masks = [], {}, {}
+  limit = hp['skip_preconditioning_dim_size_gt']
   for shape in shapes:
     merged = _merge_dims(tuple(shape), hp['merge_small_dims_block_size'])
-    if len(shape) <= 1 or not merged or max(merged) > hp['skip_preconditioning_dim_size_gt']:
+    kept = [d <= limit for d in merged]
+    if len(shape) <= 1 or not any(kept) or (not all(kept) and not hp['precondition_embeddings']):
       layouts.append(_Layout(tuple(shape), merged))
       continue
-    block = tuple(min(d, hp['block_size']) for d in merged)
+    block = tuple(min(d, hp['block_size']) if keep else d for d, keep in zip(merged, kept))
     grid = tuple(-(-d // b) for d, b in zip(merged, block))
-    exponent = hp['exponent_override'] or 2 * len(merged)
+    exponent = hp['exponent_override'] or 2 * sum(kept)
     slots = []
-    for i, (d, b, g) in enumerate(zip(merged, block, grid)):
+    for i, (d, b, g, keep) in enumerate(zip(merged, block, grid, kept)):
+      if not keep:
+        slots.append(None)
+        continue
       key = _bucket_key(b, exponent)
       slots.append((key, counts.get(key, 0)))
       counts[key] = counts.get(key, 0) + math.prod(grid)
@@ -247,20 +259,25 @@ def _from_blocks(x, layout: _Layout):
   return x.reshape(layout.shape)
 
 
-def _block_statistics(blocks):
-  """G_(i) G_(i)^T for every mode i of a [n, b_1..b_k] stack of blocks.
+def _block_statistics(blocks, slots):
+  """G_(i) G_(i)^T for every mode i of a [n, b_1..b_k] stack of blocks that has a slot.
 
   One contraction over all other modes per i, with no explicit unfolding: a transposed
   copy of every block would cost ~20% of the statistics time on CPU.
   """
   modes = 'abcdefghijklm'[:blocks.ndim - 1]
-  return [jnp.einsum(f'n{modes},n{modes.replace(m, "z")}->n{m}z', blocks, blocks) for m in modes]
+  return [jnp.einsum(f'n{modes},n{modes.replace(m, "z")}->n{m}z', blocks, blocks)
+          for m, slot in zip(modes, slots) if slot]
 
 
 def _precondition(blocks, roots):
-  """blocks x_1 roots[0] ... x_k roots[k-1]: contracting mode 1 each time cycles the modes."""
+  """blocks x_1 roots[0] ... x_k roots[k-1] (None: that mode is left as is).
+
+  Contracting mode 1 each time (or moving it last) cycles the modes back into order.
+  """
   for root in roots:
-    blocks = jnp.einsum('nj...,naj->n...a', blocks, root)
+    blocks = (jnp.moveaxis(blocks, 1, -1) if root is None
+              else jnp.einsum('nj...,naj->n...a', blocks, root))
   return blocks
 
 
@@ -278,7 +295,7 @@ class ShampooState(NamedTuple):
 
 
 def _norm(x, axes):
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes))
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
 
 def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
@@ -333,7 +350,8 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
     def new_statistics(stats):
       parts = {key: [] for key in stats}
       for b, layout in zip(blocks, layouts):
-        for (key, _), statistic in zip(layout.slots, _block_statistics(b) if b is not None else []):
+        slots = [slot for slot in layout.slots if slot]
+        for (key, _), statistic in zip(slots, _block_statistics(b, layout.slots) if b is not None else []):
           parts[key].append(statistic)
       return {k: ema(stats[k].astype(jnp.float32), jnp.concatenate(parts[k])).astype(dtype)
               for k in stats}
@@ -370,14 +388,13 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
         directions.append(g_graft)
         continue
       preconditioned = _precondition(b, [
-          roots[key][offset:offset + layout.num_blocks].astype(jnp.float32)
-          for key, offset in layout.slots])
-      if graft_base != 'none':
-        axes = tuple(range(1, preconditioned.ndim))
-        graft_blocks = _to_blocks(g_graft, layout)
+          roots[slot[0]][slot[1]:slot[1] + layout.num_blocks].astype(jnp.float32) if slot else None
+          for slot in layout.slots])
+      if graft_base != 'none':  # per block, and per row of a skipped dimension
+        axes = tuple(1 + i for i, slot in enumerate(layout.slots) if slot)
         shampoo_norm = _norm(preconditioned, axes)
-        scale = jnp.where(shampoo_norm > 0, _norm(graft_blocks, axes) / shampoo_norm, 0.0)
-        preconditioned = preconditioned * scale.reshape((-1,) + (1,) * len(axes))
+        scale = jnp.where(shampoo_norm > 0, _norm(_to_blocks(g_graft, layout), axes) / shampoo_norm, 0.0)
+        preconditioned = preconditioned * scale
       directions.append(jnp.where(count >= start, _from_blocks(preconditioned, layout), g_graft))
 
     momentum = None

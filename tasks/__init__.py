@@ -9,6 +9,7 @@ REGISTRY = {
     'lp_regression': 'tasks.lp_regression:LpRegression',
     'transformer': 'tasks.transformer:Translation',
     'bert': 'tasks.bert:Pretraining',
+    'dlrm': 'tasks.dlrm:ClickThrough',
 }
 
 

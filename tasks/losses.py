@@ -47,3 +47,12 @@ def softmax_cross_entropy(logits, labels, weights=None, label_smoothing: float =
   else:
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return jnp.sum(per_row * weights) / total
+
+
+def sigmoid_cross_entropy(logits, labels):
+  """Mean binary cross-entropy of logits [batch] against 0/1 labels, declared to K-FAC as Bernoulli."""
+  logits = logits.reshape(-1, 1)
+  labels = labels.reshape(-1, 1).astype(logits.dtype)
+  if module := kfac.loaded():
+    module.register_sigmoid_cross_entropy_loss(logits, labels)
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))

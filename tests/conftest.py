@@ -10,7 +10,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import trainer  # noqa: E402
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -27,3 +31,16 @@ def load_config(name: str, size: str = 'tiny', **overrides):
   config.update_from_flattened_dict({k.replace('__', '.'): v for k, v in overrides.items()})
   config.lock()
   return config
+
+
+def assert_sharded_run_matches_one_device(name: str, workdir, data: int, model: int, **overrides) -> tuple[dict, dict]:
+  """configs/<name>.py:tiny trained on one device and on all 8 (data x model): equal losses.
+
+  Returns both run summaries, for task-specific checks.
+  """
+  one = trainer.run(load_config(name, **overrides), str(workdir / 'one'), name, devices=jax.devices()[:1])
+  eight = trainer.run(load_config(name, **overrides, mesh__data=data, mesh__model=model), str(workdir / 'eight'),
+                      name, devices=jax.devices())
+  for split in ('final_eval', 'final_train'):
+    np.testing.assert_allclose(eight[split]['loss'], one[split]['loss'], rtol=2e-4, err_msg=split)
+  return one, eight

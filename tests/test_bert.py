@@ -10,7 +10,7 @@ import pytest
 
 import trainer
 from configs import ConfigError
-from conftest import load_config
+from conftest import assert_sharded_run_matches_one_device, load_config
 from tasks.bert import Bert, ModelConfig, Pretraining
 
 MODEL = ModelConfig(vocab_size=50, features=32, num_heads=4, hidden=64, layers=2, dropout=0.0,
@@ -99,13 +99,8 @@ def test_tiny_training_lowers_mlm_loss(tmp_path):
 
 def test_sharded_run_matches_single_device(tmp_path):
   """data=4 x model=2 (heads, feed-forward and vocabulary split over `model`) equals one device."""
-  common = dict(SMALL, num_steps=4, eval_every=4, schedule__warmup_steps=2)
-  name = 'bert_adam'
-  one = trainer.run(load_config(name, **common), str(tmp_path / 'one'), name, devices=jax.devices()[:1])
-  eight = trainer.run(load_config(name, **common, mesh__data=4, mesh__model=2), str(tmp_path / 'eight'),
-                      name, devices=jax.devices())
-  for split in ('final_eval', 'final_train'):
-    np.testing.assert_allclose(eight[split]['loss'], one[split]['loss'], rtol=2e-4)
+  assert_sharded_run_matches_one_device('bert_adam', tmp_path, data=4, model=2,
+                                        **dict(SMALL, num_steps=4, eval_every=4, schedule__warmup_steps=2))
 
 
 def test_bad_settings_are_refused_before_training(tmp_path):

@@ -99,7 +99,7 @@ def test_defaults():
       relative_matrix_epsilon=True, start_preconditioning_step=10, preconditioning_compute_steps=1,
       statistics_compute_steps=1, graft_type='rmsprop_normalized', nesterov=True,
       moving_average_for_momentum=False, exponent_override=0, inverse_failure_threshold=0.1,
-      skip_preconditioning_dim_size_gt=4096, merge_small_dims_block_size=4096, root_method='newton',
+      skip_preconditioning_dim_size_gt=4096, precondition_embeddings=False, merge_small_dims_block_size=4096, root_method='newton',
       newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32')
 
 
@@ -311,6 +311,47 @@ def test_rank1_and_oversized_params_get_the_graft_only(graft_type):
   for t in range(2):
     expected = preconditioned[t] if graft_type == 'none' else rescale(preconditioned[t], grafted[t])
     assert_close(ours[t]['m'], expected, rtol=1e-3)
+
+
+def test_precondition_embeddings_uses_the_small_dims_statistics_only():
+  """A [9, 4] table above skip=5 with precondition_embeddings: G R^{-1/2}, R the 4x4 column statistic.
+
+  Its 9 rows are one block even with block_size 2 (a skipped dim is never cut); the
+  4 columns are cut in two, each with its own 2x2 statistic. A [6, 7, 3] tensor
+  keeps statistics on dims 0 and 2 (p = 4). Grafting sets each row's norm.
+  """
+  grads = random_grads({'e': (9, 4), 't': (6, 7, 3)}, steps=3)
+  hp = {**PLAIN, 'skip_preconditioning_dim_size_gt': 6, 'precondition_embeddings': True}
+  ours, state = run(grads, **hp)
+  assert {k: v.shape for k, v in state.stats.items()} == {'00004_p2': (1, 4, 4), '00006_p4': (1, 6, 6),
+                                                          '00003_p4': (1, 3, 3)}
+  for t in range(3):
+    r = sum(gram(g['e'], 1) for g in grads[:t + 1]) + 1e-3 * np.eye(4)
+    assert_close(ours[t]['e'], grads[t]['e'] @ power(r, -1 / 2), rtol=1e-3)
+    s0, s2 = (sum(gram(g['t'], i) for g in grads[:t + 1]) for i in (0, 2))
+    expected = np.einsum('ia,ajc,cd->ijd', power(s0 + 1e-3 * np.eye(6), -1 / 4), grads[t]['t'],
+                         power(s2 + 1e-3 * np.eye(3), -1 / 4))
+    assert_close(ours[t]['t'], expected, rtol=1e-3)
+  blocked, state = run(grads, **{**hp, 'block_size': 2})
+  assert state.stats['00002_p2'].shape == (2, 2, 2)
+  for t in range(3):
+    expected = np.concatenate([
+        grads[t]['e'][:, cols] @ power(sum(gram(g['e'][:, cols], 1) for g in grads[:t + 1])
+                                       + 1e-3 * np.eye(2), -1 / 2)
+        for cols in (slice(0, 2), slice(2, 4))], axis=1)
+    assert_close(blocked[t]['e'], expected, rtol=1e-3)
+  # Grafted, every row of the table takes its own graft norm; rows of the tensor's skipped dim too.
+  grafted_run, _ = run(grads, **{**hp, 'graft_type': 'adagrad'})
+  for t in range(3):
+    for name in ('e', 't'):
+      grafted = graft([g[name] for g in grads], 'adagrad')[t]
+      np.testing.assert_allclose(np.linalg.norm(grafted_run[t][name], axis=(0, 2) if name == 't' else 1),
+                                 np.linalg.norm(grafted, axis=(0, 2) if name == 't' else 1), rtol=1e-4)
+    r = sum(gram(g['e'], 1) for g in grads[:t + 1]) + 1e-3 * np.eye(4)
+    direction = grads[t]['e'] @ power(r, -1 / 2)
+    rows = np.linalg.norm(graft([g['e'] for g in grads], 'adagrad')[t], axis=1, keepdims=True)
+    assert_close(grafted_run[t]['e'], direction * rows / np.linalg.norm(direction, axis=1, keepdims=True),
+                 rtol=1e-3)
 
 
 @pytest.mark.parametrize('field,value', [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import trainer
-from conftest import load_config
+from conftest import assert_sharded_run_matches_one_device, load_config
 from tasks import beam_search
 from tasks.transformer import ModelConfig, Transformer, cached_decoder
 
@@ -178,9 +178,4 @@ def test_sharded_run_matches_single_device(tmp_path, optimizer):
   common = dict(SMALLEST, num_steps=4, eval_every=4, task__bleu_sentences=0, schedule__warmup_steps=2)
   if optimizer == 'shampoo':
     common['optimizer__start_preconditioning_step'] = 2
-  name = f'transformer_{optimizer}'
-  one = trainer.run(load_config(name, **common), str(tmp_path / 'one'), name, devices=jax.devices()[:1])
-  eight = trainer.run(load_config(name, **common, mesh__data=4, mesh__model=2), str(tmp_path / 'eight'),
-                      name, devices=jax.devices())
-  np.testing.assert_allclose(eight['final_eval']['loss'], one['final_eval']['loss'], rtol=2e-4)
-  np.testing.assert_allclose(eight['final_train']['loss'], one['final_train']['loss'], rtol=2e-4)
+  assert_sharded_run_matches_one_device(f'transformer_{optimizer}', tmp_path, data=4, model=2, **common)

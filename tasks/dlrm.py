@@ -1,0 +1,141 @@
+"""DLRM on Criteo click logs (Naumov et al. 2019; the MLPerf reference the paper compares against).
+
+A bottom MLP over the 13 dense features, one embedding table per categorical feature
+(26), the pairwise dot products of the 27 resulting vectors, and a top MLP over those
+and the bottom output, giving one click logit. Tables are sharded row-wise over the
+`model` mesh axis (logical axis `table_rows`), so a table larger than one device fits.
+
+Evaluation over the whole eval split: `log_loss` (the mean binary cross-entropy,
+also `loss`) and `auc`, the exact ROC AUC of all predictions (data/criteo.py), which
+the trainer gathers through the task's decode path.
+
+Data: Criteo TSV under `<data_dir>/<task.dataset>` (data/criteo.py); with
+`task.generate=True` a planted-model set is written there first
+(data/synthetic_criteo.py, which also records its Bayes-optimal AUC).
+"""
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from data import criteo, synthetic_criteo
+from tasks import losses
+from tasks.base import Task
+
+ROW_ALIGNMENT = 128  # table rows are padded to a multiple of this, so any model axis up to it divides them
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  table_sizes: tuple[int, ...]
+  embedding_dim: int
+  bottom_mlp: tuple[int, ...]  # hidden widths; a last layer of embedding_dim is added
+  top_mlp: tuple[int, ...]     # hidden widths; a last layer of 1 (the logit) is added
+
+
+def _dense(features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, name=name,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.glorot_normal(), ('mlp_in', 'mlp')),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))
+
+
+class Dlrm(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, dense, sparse):
+    c = self.config
+    x = dense
+    for i, width in enumerate(c.bottom_mlp + (c.embedding_dim,)):
+      x = nn.relu(_dense(width, f'bottom_{i}')(x))
+    vectors = [x]
+    for i, size in enumerate(c.table_sizes):
+      rows = -(-size // ROW_ALIGNMENT) * ROW_ALIGNMENT
+      scale = 1.0 / np.sqrt(size)  # the reference's uniform(-1/sqrt(n), 1/sqrt(n))
+      table = self.param(f'table_{i}', nn.with_logical_partitioning(
+          lambda key, shape, scale=scale: nn.initializers.uniform(2 * scale)(key, shape) - scale,
+          ('table_rows', 'embed')), (rows, c.embedding_dim))
+      vectors.append(jnp.take(table, sparse[:, i], axis=0))
+    stacked = jnp.stack(vectors, axis=1)  # [batch, 27, dim]
+    dots = jnp.einsum('bid,bjd->bij', stacked, stacked)
+    upper_i, upper_j = np.triu_indices(len(vectors), k=1)
+    z = jnp.concatenate([x, dots[:, upper_i, upper_j]], axis=1)
+    for i, width in enumerate(c.top_mlp):
+      z = nn.relu(_dense(width, f'top_{i}')(z))
+    return _dense(1, f'top_{len(c.top_mlp)}')(z)[:, 0]
+
+
+class ClickThrough(Task):
+  logical_axis_rules = (('batch', 'data'), ('table_rows', 'model'), ('embed', None),
+                        ('mlp_in', None), ('mlp', None))
+  eval_metric_names = ('loss', 'log_loss', 'auc')
+  decode_every = 1  # AUC needs every prediction: it is computed at every evaluation
+
+  def __init__(self, config):
+    super().__init__(config)
+    task = config.task
+    sizes = tuple(task.table_sizes)
+    criteo.check_table_sizes(sizes)
+    self.model = Dlrm(ModelConfig(sizes, task.embedding_dim, tuple(task.bottom_mlp), tuple(task.top_mlp)))
+    self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.dataset))
+
+  def _prepared(self) -> str:
+    task = self.config.task
+    if task.generate:
+      self.bayes = synthetic_criteo.prepare_tiny(self.data_dir, task.generated_train, task.generated_eval,
+                                                 task.data_seed)
+    criteo.check_prepared(self.data_dir)
+    return self.data_dir
+
+  def train_data(self, process_index, process_count, start_step):
+    return criteo.train_batches(self._prepared(), self.config.task.table_sizes, self.config.global_batch_size,
+                                self.config.seed, start_step, process_index, process_count)
+
+  def eval_data(self, process_index, process_count):
+    return criteo.eval_batches(self._prepared(), self.config.task.table_sizes, self.config.eval_batch_size,
+                               process_index, process_count, self.config.task.max_eval_examples)
+
+  def decode_data(self, process_index, process_count):
+    for i, batch in enumerate(self.eval_data(process_index, process_count)):
+      rows = len(batch['label'])
+      yield {**batch, 'index': np.arange(i * rows, (i + 1) * rows, dtype=np.int32)}
+
+  def init(self, rng):
+    self._prepared()
+    if self.config.task.generate:
+      logging.info('generated click logs: on the eval split the planted model has AUC %.4f and log loss '
+                   '%.4f (the ceiling); the constant predictor has log loss %.4f', self.bayes['auc'],
+                   self.bayes['log_loss'], self.bayes['constant_log_loss'])
+    dense = jnp.zeros((1, criteo.NUM_DENSE), jnp.float32)
+    sparse = jnp.zeros((1, criteo.NUM_SPARSE), jnp.int32)
+    return self.model.init(rng, dense, sparse)['params'], {}
+
+  def loss(self, params, model_state, batch, rng):
+    logits = self.model.apply({'params': params}, batch['dense'], batch['sparse'])
+    loss = losses.sigmoid_cross_entropy(logits, batch['label'])
+    accuracy = jnp.mean((logits > 0) == (batch['label'] > 0.5))
+    return loss, (model_state, {'accuracy': accuracy})
+
+  def evaluate(self, params, model_state, batch):
+    logits = self.model.apply({'params': params}, batch['dense'], batch['sparse'])
+    cross_entropy = optax.sigmoid_binary_cross_entropy(logits, batch['label'])
+    return {'log_loss': jnp.sum(cross_entropy * batch['weight']), 'count': jnp.sum(batch['weight'])}
+
+  def eval_metrics(self, sums):
+    metrics = super().eval_metrics(sums)
+    metrics['loss'] = metrics['log_loss']
+    return metrics
+
+  def predict(self, params, model_state, batch):
+    """[rows, 2]: click probability and label, so AUC needs nothing but the predictions."""
+    logits = self.model.apply({'params': params}, batch['dense'], batch['sparse'])
+    return jnp.stack([jax.nn.sigmoid(logits), batch['label']], axis=1)
+
+  def decode_metrics(self, index, predictions):
+    return {'auc': criteo.auc(predictions[:, 1], predictions[:, 0])}
