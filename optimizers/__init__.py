@@ -8,8 +8,9 @@ learning-rate schedule mean the same thing for all of them:
 An optimizer contributes only its *direction* (momentum, Adam's moments,
 Adagrad's accumulator, Shampoo's preconditioner, K-FAC's curvature...), a
 GradientTransformation built from its config block. One that needs the task's
-loss (K-FAC) declares it and gets a `kfac.LossContext`; its update then reads the
-extra argument `loss_args` that the trainer passes to every update.
+loss (K-FAC) declares it and gets a `kfac.LossContext` and the learning-rate
+schedule; its update then reads the extra argument `loss_args` that the trainer
+passes to every update.
 """
 
 from typing import Callable, NamedTuple
@@ -38,7 +39,7 @@ class Optimizer(NamedTuple):
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
   # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
-  # Whether `direction` takes (cfg, kfac.LossContext): curvature from the task's loss.
+  # Whether `direction` takes (cfg, kfac.LossContext, schedule): curvature from the task's loss.
   needs_loss: bool = False
   # Whether `direction` applies decoupled weight decay itself (LAMB: inside its trust ratio).
   owns_weight_decay: bool = False
@@ -52,7 +53,7 @@ REGISTRY: dict[str, Optimizer] = {
     'shampoo': Optimizer(shampoo.DEFAULTS,
                          lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
                          shampoo.metrics),
-    'kfac': Optimizer(kfac.DEFAULTS, kfac.scale_by_kfac, needs_loss=True),
+    'kfac': Optimizer(kfac.DEFAULTS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
 }
 
 
@@ -99,7 +100,7 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   if optimizer.needs_loss:
     if loss is None:
       raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')
-    direction = optimizer.direction(cfg, loss)
+    direction = optimizer.direction(cfg, loss, schedule)
   else:
     direction = optimizer.direction(cfg)
   decay = optax.add_decayed_weights(cfg.weight_decay, mask=first_order.decay_mask(cfg.decay_rank1))

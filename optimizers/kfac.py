@@ -12,9 +12,15 @@ passes as the optax extra argument `loss_args = (params, model_state, rng, batch
 Layers are found by kfac-jax's graph matcher (dense, conv, scale-and-shift);
 parameters it cannot match get diagonal blocks. `describe_blocks` says which.
 
-Not available in this path: kfac-jax's adaptive (Levenberg-Marquardt) damping
-and its learning-rate/momentum adaptation, which need its own `Optimizer.step`;
-damping here is fixed; `norm_constraint` (KL clipping) is the stabiliser this path offers.
+Damping is fixed, or adapted by the Levenberg-Marquardt rule of kfac-jax's own
+`Optimizer` (`adaptive_damping`): every `damping_adaptation_interval` steps the
+reduction ratio rho = (L(theta + delta) - L(theta)) / (g'delta + delta'C delta / 2), with
+delta the step this update takes (learning rate and momentum included) and C the
+factored curvature, moves the damping down by decay**interval when rho > 3/4 and up
+when rho < 1/4. That costs two more loss evaluations on the step's batch per
+adaptation. Not available in this path: kfac-jax's learning-rate and momentum
+adaptation (its quadratic model replaces the schedule); `norm_constraint` (KL
+clipping) is the other stabiliser.
 """
 
 import collections
@@ -38,7 +44,12 @@ DEFAULTS = dict(
     momentum=0.9,                      # heavy-ball momentum on the preconditioned gradient; 0 disables
     nesterov=False,
     norm_constraint=0.0,               # cap the update's squared Fisher norm v'Fv (KL clipping); 0 = off
+    adaptive_damping=False,            # Levenberg-Marquardt adaptation, `damping` its initial value
+    damping_adaptation_interval=5,     # steps between adaptations (kfac-jax's default)
+    damping_adaptation_decay=0.9,      # damping x or / decay**interval when rho > 3/4 or < 1/4 (kfac-jax's)
+    min_damping=1e-8,                  # adaptation keeps the damping at least this (kfac-jax's)
 )
+RHO_LOW, RHO_HIGH = 0.25, 0.75  # kfac-jax's thresholds: raise the damping below, lower it above
 ESTIMATION_MODES = ('fisher_gradients', 'fisher_curvature_prop', 'fisher_exact', 'fisher_empirical',
                     'ggn_curvature_prop', 'ggn_exact')
 
@@ -77,6 +88,8 @@ class LossContext(NamedTuple):
 
 class KfacState(NamedTuple):
   preconditioner: Any  # kfac_jax OptaxPreconditionState
+  damping: jax.Array   # in use (fixed, or the latest adaptation)
+  rho: jax.Array       # reduction ratio at the latest adaptation (NaN before the first)
 
 
 def _validate(cfg) -> None:
@@ -86,6 +99,11 @@ def _validate(cfg) -> None:
   check_range(cfg, 'inverse_update_period', 1, None)
   check_range(cfg, 'momentum', 0.0, 1.0)
   check_range(cfg, 'norm_constraint', 0.0, None)
+  check_range(cfg, 'damping_adaptation_interval', 1, None)
+  check_range(cfg, 'damping_adaptation_decay', 0.0, 1.0)
+  check_range(cfg, 'min_damping', 0.0, None)
+  if cfg['damping_adaptation_decay'] == 0:
+    raise ConfigError('optimizer.damping_adaptation_decay=0: the damping would jump to 0 or infinity')
   if cfg['damping'] == 0:
     raise ConfigError('optimizer.damping=0: K-FAC needs positive damping to invert its factors')
   if cfg['estimation_mode'] not in ESTIMATION_MODES:
@@ -93,10 +111,26 @@ def _validate(cfg) -> None:
                       f'choose one of {", ".join(ESTIMATION_MODES)}')
 
 
+@functools.cache
+def _preconditioner_class():
+  """kfac-jax's OptaxPreconditioner, with the damping read from our optimizer state.
+
+  kfac-jax's class takes a fixed damping or a schedule of its step count; adaptive
+  damping is state. `scale_by_kfac` sets `damping_in_use` (a traced value) for the
+  duration of one update, and every damped operation inside it reads it.
+  """
+  class Preconditioner(kfac_jax().OptaxPreconditioner):
+    damping_in_use = None
+
+    def get_identity_weight(self, state):
+      return super().get_identity_weight(state) if self.damping_in_use is None else self.damping_in_use
+
+  return Preconditioner
+
+
 def preconditioner(cfg, loss: LossContext):
   """The kfac-jax OptaxPreconditioner for `cfg`; fails (naming the task) without a loss tag."""
-  module = kfac_jax()
-  precon = module.OptaxPreconditioner(
+  precon = _preconditioner_class()(
       value_func=loss.value_fn, damping=cfg['damping'], curvature_ema=cfg['curvature_ema'],
       curvature_update_period=cfg['curvature_update_period'],
       inverse_update_period=cfg['inverse_update_period'], estimation_mode=cfg['estimation_mode'],
@@ -142,27 +176,67 @@ def describe_blocks(precon, params) -> list[tuple[str, str]]:
   return [(path, described.get(path, 'none (not used by the loss)')) for path in paths]
 
 
-def scale_by_kfac(cfg, loss: LossContext) -> optax.GradientTransformationExtraArgs:
-  """K-FAC's preconditioned (momentum) direction; the trainer chains the learning rate."""
+def scale_by_kfac(cfg, loss: LossContext, learning_rate: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+  """K-FAC's preconditioned (momentum) direction; the trainer chains the learning rate.
+
+  `learning_rate` is the chain's schedule: adaptive damping judges the step actually
+  taken, -learning_rate(count) x direction.
+  """
   _validate(cfg)
   precon = preconditioner(cfg, loss)
   log_blocks(precon, loss.example_args[0])
   momentum = optax.trace(decay=cfg['momentum'], nesterov=cfg['nesterov']) if cfg['momentum'] > 0 \
       else optax.identity()
+  interval = cfg['damping_adaptation_interval']
+  factor = cfg['damping_adaptation_decay'] ** interval
 
   def init_fn(params):
     # Only shapes matter to the factors' initial state: trace with zeros of the example's.
     _, model_state, rng, batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), loss.example_args)
-    return KfacState(precon.init(func_args=(params, model_state, rng, batch), rng=rng)), \
-        momentum.init(params)
+    kfac_state = KfacState(precon.init(func_args=(params, model_state, rng, batch), rng=rng),
+                           damping=jnp.asarray(cfg['damping'], jnp.float32), rho=jnp.asarray(jnp.nan, jnp.float32))
+    return kfac_state, momentum.init(params)
+
+  def adapted(damping, estimator_state, grads, directions, loss_args, count):
+    """The Levenberg-Marquardt step: the new damping and rho for the step -lr x directions."""
+    params = loss_args[0]
+    delta = jax.tree.map(lambda d: -learning_rate(count) * d.astype(jnp.float32), directions)
+    curvature_delta = precon.estimator.multiply(
+        state=estimator_state, parameter_structured_vector=delta, identity_weight=0.0, exact_power=True,
+        use_cached=False, pmap_axis_name=precon.pmap_axis_name)
+    inner = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    quadratic_change = inner(grads, delta) + 0.5 * inner(curvature_delta, delta)
+    new_params = jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, delta)
+    rho = (loss.value_fn(new_params, *loss_args[1:]) - loss.value_fn(*loss_args)) / quadratic_change
+    judged = jnp.nan_to_num(rho, nan=-100.0)  # a NaN loss counts as a bad step, as in kfac-jax
+    damping = jnp.select([judged > RHO_HIGH, judged < RHO_LOW], [damping * factor, damping / factor], damping)
+    return jnp.maximum(damping, cfg['min_damping']), rho.astype(jnp.float32)
 
   def update_fn(updates, state, params=None, *, loss_args, **extra_args):
     del params, extra_args
     kfac_state, momentum_state = state
     rng = loss_args[2]
-    refreshed = precon.maybe_update(kfac_state.preconditioner, loss_args, rng)
-    preconditioned = precon.apply(updates, refreshed)
+    precon.damping_in_use = kfac_state.damping
+    try:
+      refreshed = precon.maybe_update(kfac_state.preconditioner, loss_args, rng)
+      preconditioned = precon.apply(updates, refreshed)
+    finally:
+      precon.damping_in_use = None
     directions, momentum_state = momentum.update(preconditioned, momentum_state)
-    return directions, (KfacState(precon.increment_count(refreshed)), momentum_state)
+    damping, rho = kfac_state.damping, kfac_state.rho
+    if cfg['adaptive_damping']:
+      damping, rho = jax.lax.cond(
+          (refreshed.count + 1) % interval == 0,
+          lambda: adapted(damping, refreshed.estimator_state, updates, directions, loss_args, refreshed.count),
+          lambda: (damping, rho))
+    new_state = KfacState(precon.increment_count(refreshed), damping=damping, rho=rho)
+    return directions, (new_state, momentum_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def metrics(opt_state) -> dict[str, jax.Array]:
+  """The damping in use and the latest reduction ratio, from any state containing a KfacState."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, KfacState))
+           if isinstance(x, KfacState)]
+  return {'kfac_damping': found[0].damping, 'kfac_rho': found[0].rho} if found else {}

@@ -74,6 +74,49 @@ def test_one_update_equals_kfac_jax_own_preconditioner():
   assert not np.allclose(ours['w1'], params['w1'])
 
 
+@pytest.mark.parametrize('lr,interval,trend', [(0.5, 1, 'down'), (2.5, 2, 'up')])
+def test_adaptive_damping_equals_kfac_jax_own_optimizer(lr, interval, trend):
+  """Levenberg-Marquardt damping: rho, damping and parameters equal kfac_jax.Optimizer's every step.
+
+  Exact Fisher (no sampling), fixed learning rate, no momentum: the setting in which
+  kfac-jax's optimizer adapts only the damping. A small step is judged good (damping
+  goes down), an overshooting one bad (up); with interval 2 only every 2nd step adapts.
+  """
+  params, batch, value_fn = dense_problem()
+  hyper = dict(curvature_ema=0.9, curvature_update_period=1, inverse_update_period=1,
+               estimation_mode='fisher_exact')
+  tx = optimizers.build(
+      optimizers.config('kfac', learning_rate=lr, momentum=0.0, damping=1e-2, adaptive_damping=True,
+                        damping_adaptation_interval=interval, **hyper),
+      optax.constant_schedule(lr), context(params, batch, value_fn))
+  reference = kfac.kfac_jax().Optimizer(
+      value_and_grad_func=jax.value_and_grad(lambda p, b: value_fn(p, {}, None, b)), l2_reg=0.0,
+      learning_rate_schedule=lambda _: lr, momentum_schedule=lambda _: 0.0, use_adaptive_damping=True,
+      initial_damping=1e-2, damping_adaptation_interval=interval, multi_device=False, num_burnin_steps=0,
+      **hyper)
+  rng = jax.random.PRNGKey(0)
+  ours, theirs = params, params
+  state, reference_state = tx.init(params), reference.init(params, rng, batch)
+  update = jax.jit(tx.update)
+  dampings = [float(jnp.float32(1e-2))]
+  for step in range(4):
+    step_rng = jax.random.fold_in(rng, step)
+    grads = jax.grad(value_fn)(ours, {}, step_rng, batch)
+    updates, state = update(grads, state, ours, loss_args=(ours, {}, step_rng, batch))
+    ours = optax.apply_updates(ours, updates)
+    theirs, reference_state, stats = reference.step(theirs, reference_state, step_rng, batch=batch,
+                                                    global_step_int=step)
+    ours_metrics = optimizers.state_metrics('kfac')(state)
+    np.testing.assert_allclose(ours_metrics['kfac_damping'], reference_state.damping, rtol=1e-6)
+    if (step + 1) % interval == 0:
+      np.testing.assert_allclose(ours_metrics['kfac_rho'], stats['rho'], rtol=1e-4)
+    for name in params:
+      np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+    dampings.append(float(ours_metrics['kfac_damping']))
+    assert (dampings[-1] != dampings[-2]) == ((step + 1) % interval == 0)  # changes only when adapting
+  assert dampings == sorted(dampings, reverse=trend == 'down') and dampings[0] != dampings[-1]
+
+
 def test_unmatched_parameter_gets_a_diagonal_block_says_so_and_still_trains(caplog):
   params, batch, value_fn = dense_problem(with_unmatched_scale=True)
   loss = context(params, batch, value_fn)
@@ -141,6 +184,8 @@ def test_a_task_that_does_not_register_its_loss_is_named():
 @pytest.mark.parametrize('field,value', [
     ('damping', 0.0), ('damping', -1.0), ('curvature_update_period', 0), ('inverse_update_period', 0),
     ('curvature_ema', 1.5), ('estimation_mode', 'psychic'), ('norm_constraint', -1.0),
+    ('damping_adaptation_interval', 0), ('damping_adaptation_decay', 0.0), ('damping_adaptation_decay', 1.5),
+    ('min_damping', -1.0),
 ])
 def test_bad_hyperparameters_name_the_field(field, value):
   params, batch, value_fn = dense_problem()
