@@ -16,14 +16,11 @@ number, verbs the subject's number).
 """
 
 import dataclasses
-import os
 import random
-import shutil
-import tempfile
 
 import tensorflow_datasets as tfds
 
-from data import wmt
+from data import tfds_writer, wmt
 
 VERSION = '1.0.0'  # the version of tfds' registered wmt14_translate builder
 MIN_WORDS, MAX_WORDS = 4, 20
@@ -253,45 +250,18 @@ def sample_pairs(num_pairs: int, seed: int) -> list[tuple[str, str]]:
   return pairs
 
 
-class _CorpusWriter(tfds.dataset_builders.AdhocBuilder, skip_registration=True):
-  # tfds 4.9.10 looks for a checksums file next to the builder's code before it prepares
-  # anything, and that look-up imports `importlib_resources`, which tfds only declares for
-  # Python < 3.9. There is nothing to download, so there are no checksums to find.
-  url_infos = None
-
-
 def generate(data_dir: str, num_train: int, num_eval: int, seed: int) -> None:
   """Writes splits train / validation / test (num_eval pairs each, disjoint) into tfds `data_dir`.
 
-  tfds' own writer stores them under the registered builder's name, config and
-  version, so `tfds.builder('wmt14_translate/fr-en', data_dir=data_dir)` reads them
-  as it would the real data: same file names and features, and a dataset_info.json
-  with the split sizes (the builder only reads the files; it never compares them with
-  its download sources). The dataset is written into a temporary data_dir and only
-  its version folder is renamed into place, so a crash or a second process never
-  leaves a half-written dataset that looks prepared.
+  `tfds.builder('wmt14_translate/fr-en', data_dir=data_dir)` then reads them as it
+  would the real data (data/tfds_writer.py).
   """
   pairs = sample_pairs(num_train + 2 * num_eval, seed)
   splits = {'validation': pairs[:num_eval], 'test': pairs[num_eval:2 * num_eval],
             'train': pairs[2 * num_eval:]}
-  final = os.path.join(data_dir, *wmt.DATASET.split('/'), VERSION)
-  os.makedirs(os.path.dirname(final), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.synthetic_translation-', dir=data_dir)
-  try:
-    name, config = wmt.DATASET.split('/')
-    writer = _CorpusWriter(
-        name=name, config=config, version=VERSION, data_dir=staging,
-        features=tfds.features.Translation(languages=('fr', 'en')),
-        description='Synthetic English -> French-like corpus (data/synthetic_translation.py).',
-        split_datasets={
-            split: [(f'{split}-{i}', {'en': en, 'fr': fr}) for i, (en, fr) in enumerate(rows)]
-            for split, rows in splits.items()})
-    tfds.disable_progress_bar()  # a few seconds of writing: progress bars would only clutter the log
-    writer.download_and_prepare()
-    try:
-      os.rename(writer.data_dir, final)
-    except OSError:  # another process finished first
-      if not wmt.is_prepared(data_dir):
-        raise
-  finally:
-    shutil.rmtree(staging)
+  tfds_writer.write(
+      data_dir, wmt.DATASET, VERSION, tfds.features.Translation(languages=('fr', 'en')),
+      'Synthetic English -> French-like corpus (data/synthetic_translation.py).',
+      {split: [(f'{split}-{i}', {'en': en, 'fr': fr}) for i, (en, fr) in enumerate(rows)]
+       for split, rows in splits.items()},
+      lambda: wmt.is_prepared(data_dir))

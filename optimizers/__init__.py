@@ -41,7 +41,7 @@ class Optimizer(NamedTuple):
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
   # Whether `direction` takes (cfg, kfac.LossContext, schedule): curvature from the task's loss.
   needs_loss: bool = False
-  # Whether `direction` applies decoupled weight decay itself (LAMB: inside its trust ratio).
+  # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio).
   owns_weight_decay: bool = False
 
 
@@ -50,6 +50,7 @@ REGISTRY: dict[str, Optimizer] = {
     'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
     'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
     'lamb': Optimizer(first_order.LAMB_DEFAULTS, first_order.lamb, owns_weight_decay=True),
+    'lars': Optimizer(first_order.LARS_DEFAULTS, first_order.lars, owns_weight_decay=True),
     'shampoo': Optimizer(shampoo.DEFAULTS,
                          lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
                          shampoo.metrics),

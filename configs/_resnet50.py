@@ -1,0 +1,55 @@
+"""The ResNet-50 task block and run lengths shared by its per-optimizer configs.
+
+`paper`: the paper's ResNet-50 v1.5 benchmark as its reference implementation's
+README states it (PAPERS.md): MLPerf's model and target (75.9% top-1), global batch
+32768, 196 linear warm-up steps then quadratic decay to 0 over the optimizer's step
+budget (Shampoo 1729, LARS and SGD-Nesterov 2512: `paper_steps` below), weight decay
+1e-4 (in the optimizer configs), label smoothing 0.1 (MLPerf). Data: tfds
+`imagenet2012` prepared in <data_dir>/tensorflow_datasets (`tfds build imagenet2012`
+after placing the two ILSVRC2012 tars in its downloads/manual) or
+`--config.task.tfds_dir=/abs/path`. bfloat16 activations, as on the paper's TPUs.
+`tiny`: a generated 10-class set of striped JPEGs (data/synthetic_imagenet.py) in the
+same tfds form, a ResNet with one basic block per stage at width 16, 32-pixel crops.
+"""
+
+import ml_collections
+
+from configs import base
+
+WARMUP_STEPS = 196  # paper (reference README)
+TARGET_ACCURACY = 0.759  # MLPerf ResNet-50 v1.5 top-1, the paper's target
+
+
+def get_config(size: str, paper_steps: int) -> ml_collections.ConfigDict:
+  """`paper_steps`: the optimizer's step budget in the paper (its quadratic decay ends there)."""
+  config = base.get_config(base.check_size(size))
+  tiny = size == 'tiny'
+  config.task = ml_collections.ConfigDict(dict(
+      name='resnet50',
+      model='tiny' if tiny else '50',   # depth preset: tiny | 18 | 34 | 50 | 101 | 152 (tasks/resnet.py)
+      width=16 if tiny else 64,         # channels of the stem and first stage
+      stem='small' if tiny else 'imagenet',  # imagenet: 7x7/2 conv + max pool | small: 3x3/1 conv
+      image_size=32 if tiny else 224,   # training crops and evaluation center crops
+      label_smoothing=0.1,              # MLPerf reference
+      dtype='float32' if tiny else 'bfloat16',  # activations: float32 | bfloat16
+      tfds_dir='synthetic_imagenet' if tiny else 'tensorflow_datasets',  # under data_dir (or absolute)
+      generate=tiny,                    # write the synthetic set if tfds_dir has no imagenet2012
+      generated_classes=10,
+      generated_train_per_class=500,
+      generated_eval_per_class=50,
+      data_seed=0,
+      max_eval_examples=0,              # 0 = the whole validation split
+  ))
+  config.global_batch_size = 64 if tiny else 32768
+  config.eval_batch_size = 250 if tiny else 2000  # the 50000 validation images in 25 batches
+  config.num_steps = 600 if tiny else paper_steps
+  config.eval_every = 25 if tiny else 40  # paper: about one epoch (1281167 / 32768 = 39.1 steps)
+  config.log_every = 25 if tiny else 10
+  config.checkpoint_every = 300 if tiny else 500
+  config.schedule.warmup_steps = 50 if tiny else WARMUP_STEPS
+  config.schedule.decay = 'polynomial'
+  config.schedule.power = 2.0  # quadratic
+  config.schedule.end_factor = 0.0
+  # tiny: SGD and Shampoo level off at 0.97-0.98 top-1 on the generated validation split.
+  config.target = ('accuracy', 0.95 if tiny else TARGET_ACCURACY, 'above')
+  return config
