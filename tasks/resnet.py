@@ -106,11 +106,10 @@ class ResNet(nn.Module):
   def __call__(self, images, train: bool):
     c = self.config
     x = images.astype(c.dtype)
+    kernel, strides = (7, 2) if c.stem == 'imagenet' else (3, 1)
+    x = nn.relu(_batch_norm(train, c.dtype, 'stem_norm')(_conv(c.width, kernel, strides, c.dtype, 'stem_conv')(x)))
     if c.stem == 'imagenet':
-      x = nn.relu(_batch_norm(train, c.dtype, 'stem_norm')(_conv(c.width, 7, 2, c.dtype, 'stem_conv')(x)))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    else:
-      x = nn.relu(_batch_norm(train, c.dtype, 'stem_norm')(_conv(c.width, 3, 1, c.dtype, 'stem_conv')(x)))
     for stage, num_blocks in enumerate(c.stage_sizes):
       for i in range(num_blocks):
         strides = 2 if stage > 0 and i == 0 else 1
@@ -186,7 +185,7 @@ class ImageClassification(Task):
     logits, updates = self._model().apply({'params': params, **model_state}, batch['image'], train=True,
                                           mutable=['batch_stats'])
     loss = losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=self.config.task.label_smoothing)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    accuracy = jnp.mean(_correct_in_top_k(logits, batch['label'], 1))
     return loss, ({'batch_stats': updates['batch_stats']}, {'accuracy': accuracy})
 
   def evaluate(self, params, model_state, batch):
