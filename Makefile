@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo diagnostics test lock clean
+.PHONY: install demo diagnostics width-transfer coord-check test lock clean
 
 install: $(STAMP)
 
@@ -35,6 +35,23 @@ diagnostics: $(STAMP)
 	      --config.diagnostics.every=100 --workdir=$(DIAGNOSTICS)/transformer_$$optimizer || exit 1; \
 	done
 	$(PY) -m results.compare $(DIAGNOSTICS) --out results/diagnostics_tiny
+
+# muP width transfer: learning-rate sweeps at 4 widths under standard and mup, for Adam, Shampoo and
+# K-FAC on the tiny Transformer and an MLP (launch/sweeps/width_transfer.py); resumable (finished
+# trials are kept). results/width_transfer/ holds what it wrote (table.md and transfer.png).
+WIDTH_TRANSFER := runs/sweeps
+PARALLEL ?= 2
+width-transfer: $(STAMP)
+	for config in lp_regression_adam lp_regression_shampoo lp_regression_kfac \
+	              transformer_adam transformer_shampoo transformer_kfac; do \
+	  $(PY) -m launch.sweep --config=configs/$$config.py:tiny --sweep=launch/sweeps/width_transfer.py \
+	      --parallel=$(PARALLEL) --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-$$config || exit 1; \
+	done
+	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer-* --out results/width_transfer
+
+# The one-step coordinate check (trainer/coord_check.py): a table of width exponents per optimizer.
+coord-check: $(STAMP)
+	$(PY) bench/coord_check.py
 
 # Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation.
 TEST_WORKERS ?= 2

@@ -21,6 +21,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       depth=1,              # 1: plain linear regression; N > 1: w = W_1 ... W_N
       width=0,              # hidden width of W_1..W_{N-1}; 0 = number of features
       init_scale=0.1,       # weights ~ N(0, init_scale^2 / fan_in)
+      activation='linear',  # between the layers: linear (a deep linear model) | tanh | relu (an MLP)
       dataset='gas_sensor_generated' if tiny else 'gas_sensor',
       generate=tiny,        # write a generated data set if data_dir has none
       num_examples=4096,    # generated data only

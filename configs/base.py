@@ -41,6 +41,13 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       end_factor=0.0,        # final lr as a fraction of the peak (linear/cosine/polynomial)
   ))
 
+  # Width parameterization (optimizers/parameterization.py): standard, or mup, under which
+  # init, per-layer learning rates and the forward pass scale with task width / base_width
+  # by each parameter's role and the optimizer's rule, so hyperparameters tuned at
+  # base_width transfer to wider models. At width == base_width mup equals standard.
+  config.parameterization = 'standard'
+  config.base_width = 0  # the width the hyperparameters were tuned at; required by mup
+
   # Device mesh: axis name -> size, in order; -1 takes all remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
 

@@ -15,12 +15,15 @@ passes to every update.
 
 from typing import Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from configs import ConfigError
 from optimizers import first_order
 from optimizers import kfac
+from optimizers import parameterization
 from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
 from optimizers import shampoo
 
@@ -39,7 +42,8 @@ class Optimizer(NamedTuple):
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
   # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
-  # Whether `direction` takes (cfg, kfac.LossContext, schedule): curvature from the task's loss.
+  # Whether `direction` takes (cfg, kfac.LossContext, schedule, damping multipliers or None): curvature
+  # from the task's loss.
   needs_loss: bool = False
   # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio).
   owns_weight_decay: bool = False
@@ -94,14 +98,19 @@ def state_metrics(name: str):
 
 
 def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
-          loss: kfac.LossContext | None = None) -> optax.GradientTransformationExtraArgs:
-  """The full update rule for `cfg` (config.optimizer); fails early on bad values."""
+          loss: kfac.LossContext | None = None,
+          multipliers: parameterization.Multipliers | None = None) -> optax.GradientTransformationExtraArgs:
+  """The full update rule for `cfg` (config.optimizer); fails early on bad values.
+
+  `multipliers` (muP's, from optimizers.parameterization) scale each parameter's step
+  after the learning rate, and K-FAC's damping per block.
+  """
   optimizer = _lookup(cfg.name)
   _check_common(cfg)
   if optimizer.needs_loss:
     if loss is None:
       raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')
-    direction = optimizer.direction(cfg, loss, schedule)
+    direction = optimizer.direction(cfg, loss, schedule, None if multipliers is None else multipliers.damping)
   else:
     direction = optimizer.direction(cfg)
   decay = optax.add_decayed_weights(cfg.weight_decay, mask=first_order.decay_mask(cfg.decay_rank1))
@@ -114,4 +123,8 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   if cfg.weight_decay > 0 and cfg.weight_decay_mode == 'decoupled' and not optimizer.owns_weight_decay:
     parts.append(decay)
   parts.append(optax.scale_by_learning_rate(schedule))
+  if multipliers is not None and not parameterization.is_identity(multipliers.lr):
+    if optimizer.needs_loss:  # its adaptive damping judges the step -lr x direction
+      raise ConfigError(f'optimizer {cfg.name!r} cannot take per-parameter learning-rate multipliers')
+    parts.append(optax.stateless(lambda updates, params: jax.tree.map(jnp.multiply, updates, multipliers.lr)))
   return optax.chain(*parts)

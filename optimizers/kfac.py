@@ -117,13 +117,19 @@ def _preconditioner_class():
 
   kfac-jax's class takes a fixed damping or a schedule of its step count; adaptive
   damping is state. `scale_by_kfac` sets `damping_in_use` (a traced value) for the
-  duration of one update, and every damped operation inside it reads it.
+  duration of one update, and every damped operation inside it reads it. Under muP
+  each block's damping is that times its `block_damping_scales` entry (kfac-jax takes
+  one identity weight per block).
   """
   class Preconditioner(kfac_jax().OptaxPreconditioner):
     damping_in_use = None
+    block_damping_scales = None  # per curvature block (muP); None: the same damping for all
 
     def get_identity_weight(self, state):
-      return super().get_identity_weight(state) if self.damping_in_use is None else self.damping_in_use
+      damping = super().get_identity_weight(state) if self.damping_in_use is None else self.damping_in_use
+      if self.block_damping_scales is None:
+        return damping
+      return tuple(damping * scale for scale in self.block_damping_scales)
 
   return Preconditioner
 
@@ -176,15 +182,27 @@ def describe_blocks(precon, params) -> list[tuple[str, str]]:
   return [(path, described.get(path, 'none (not used by the loss)')) for path in paths]
 
 
-def scale_by_kfac(cfg, loss: LossContext, learning_rate: optax.Schedule) -> optax.GradientTransformationExtraArgs:
+def block_scales(precon, params, damping_multipliers) -> tuple[float, ...]:
+  """Per curvature block, the damping multiplier of its highest-rank parameter (a dense block's kernel)."""
+  multipliers, ranks = jax.tree.leaves(damping_multipliers), [len(p.shape) for p in jax.tree.leaves(params)]
+  block_indices = {id(block): indices for indices, block in precon.estimator.indices_to_block_map.items()}
+  return tuple(multipliers[max(block_indices[id(block)], key=ranks.__getitem__)]
+               for block in precon.estimator.blocks)
+
+
+def scale_by_kfac(cfg, loss: LossContext, learning_rate: optax.Schedule,
+                  damping_multipliers=None) -> optax.GradientTransformationExtraArgs:
   """K-FAC's preconditioned (momentum) direction; the trainer chains the learning rate.
 
   `learning_rate` is the chain's schedule: adaptive damping judges the step actually
-  taken, -learning_rate(count) x direction.
+  taken, -learning_rate(count) x direction. `damping_multipliers` (muP's, a tree like
+  the parameters) scale the damping of each parameter's block.
   """
   _validate(cfg)
   precon = preconditioner(cfg, loss)
   log_blocks(precon, loss.example_args[0])
+  if damping_multipliers is not None:
+    precon.block_damping_scales = block_scales(precon, loss.example_args[0], damping_multipliers)
   momentum = optax.trace(decay=cfg['momentum'], nesterov=cfg['nesterov']) if cfg['momentum'] > 0 \
       else optax.identity()
   interval = cfg['damping_adaptation_interval']

@@ -240,6 +240,20 @@ def _plan(shapes, hp) -> tuple[list[_Layout], dict[str, int], dict[str, np.ndarr
   return layouts, counts, {k: np.concatenate(v) for k, v in masks.items()}
 
 
+def preconditioner_kind(shape: tuple[int, ...], hp: dict) -> str:
+  """How `shape` is preconditioned: 'graft' (not at all), 'blocked' (a dimension cut into blocks),
+  'whole' (one unblocked statistic per dimension, roots' exponents summing to 1/2: the
+  Kronecker-factored setting that theory, e.g. muP's scaling, describes) or 'merged' (other)."""
+  layout = _plan([shape], hp)[0][0]
+  if not layout.preconditioned:
+    return 'graft'
+  if layout.block != layout.merged:
+    return 'blocked'
+  kept = [d for d in shape if d != 1]
+  exponent = int(next(slot for slot in layout.slots if slot)[0].split('_p')[1])
+  return 'whole' if list(layout.merged) == kept and all(layout.slots) and 2 * len(kept) == exponent else 'merged'
+
+
 def _to_blocks(x, layout: _Layout):
   """[*shape] -> [num_blocks, *block], zero-padding ragged edges."""
   k = len(layout.merged)

@@ -3,9 +3,15 @@
 Parameters returned by `init` may carry Flax logical-partitioning metadata
 (`nn.with_logical_partitioning`); `logical_axis_rules` maps those logical names
 to mesh axes so the trainer can shard them. Unannotated leaves are replicated.
+
+Every parameter also has a width role (input / hidden / output / fixed, see
+optimizers/parameterization.py), declared by `parameter_roles`: regular
+expressions over the parameter's path ('encoder/block_0/mlp/wi/kernel'), first
+match wins. `width` is the size that `base_width` is compared with under muP.
 """
 
 import abc
+import re
 from typing import Any, Iterable, Iterator, Sequence
 
 import jax
@@ -26,6 +32,8 @@ class Task(abc.ABC):
   # Generation-based evaluation (e.g. BLEU of beam search) is slow: it runs every
   # `decode_every` evaluations and at the last step; 0 = the task has none.
   decode_every: int = 0
+  # (path regex, role), first full match wins; every parameter must match one.
+  parameter_roles: Sequence[tuple[str, str]] = ()
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -33,6 +41,12 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
     """(params, model_state); params may be logically partitioned boxes."""
+
+  @property
+  def width(self) -> int:
+    """The model's width: all widths grow in proportion to it when a sweep widens the model."""
+    raise ConfigError(f'task {self.config.task.name!r} declares no width, so parameterization=mup '
+                      f'cannot scale it')
 
   @abc.abstractmethod
   def loss(self, params, model_state, batch: Batch, rng: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics]]:
@@ -68,16 +82,38 @@ class Task(abc.ABC):
     raise NotImplementedError
 
 
+def width_ratio(config: ml_collections.ConfigDict, width: int) -> float:
+  """m = width / base_width under parameterization=mup; 1 under standard (nothing then changes)."""
+  return width / config.base_width if config.parameterization == 'mup' else 1.0
+
+
 def preset_fields(task: ml_collections.ConfigDict, presets: dict[str, dict]) -> dict:
   """The model preset `task.model`, with any field the task sets explicitly overriding it.
 
   Explicit means > 0 for sizes and >= 0 for dropouts: configs leave 0 / -1 for "the preset's".
+  A preset feed-forward width (`hidden`) keeps its ratio to an explicit `features`, so
+  setting `features` alone widens the whole model (as width sweeps and muP assume).
   """
   if task.model not in presets:
     raise ConfigError(f'task.model={task.model!r}: choose one of {", ".join(presets)}')
-  fields = dict(presets[task.model])
+  preset = presets[task.model]
+  fields = dict(preset)
   for name in fields:
     explicit = task[name] >= 0 if 'dropout' in name else task[name] > 0
     if explicit:
       fields[name] = task[name]
+  if 'hidden' in fields and task.hidden <= 0:
+    fields['hidden'] = preset['hidden'] * fields['features'] // preset['features']
   return fields
+
+
+def parameter_roles(params, rules: Sequence[tuple[str, str]]):
+  """The role of every parameter (a tree like `params`), by the first rule whose regex fully
+  matches its '/'-joined path; fails naming a parameter no rule matches."""
+  def role(path, _):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    for pattern, value in rules:
+      if re.fullmatch(pattern, name):
+        return value
+    raise ConfigError(f'parameter {name} has no width role: add a rule to the task\'s parameter_roles')
+  return jax.tree_util.tree_map_with_path(role, params)

@@ -26,7 +26,7 @@ import optax
 from configs import ConfigError
 from data import batches, bert_pretraining, synthetic_text
 from tasks import layers, losses
-from tasks.base import Task, preset_fields
+from tasks.base import Task, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ModelConfig:
   max_positions: int
   next_sentence: bool
   dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
+  width_ratio: float = 1.0  # width / base_width under muP (tasks/layers.py), else 1
 
 
 # Devlin et al. 2019, Sec. 3: Base 12 layers / 768 / 12 heads, Large 24 / 1024 / 16; `tiny` for CPU.
@@ -52,10 +53,13 @@ MODELS = {
 NUM_SEGMENTS = 2
 
 
-def model_config(task) -> ModelConfig:
+def model_config(config) -> ModelConfig:
   """The preset `task.model`, with any task field set explicitly (>= 0 dropouts, > 0 sizes) overriding it."""
+  task = config.task
+  fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, max_positions=task.max_seq_length,
-                     next_sentence=task.next_sentence, dtype=task.dtype, **preset_fields(task, MODELS))
+                     next_sentence=task.next_sentence, dtype=task.dtype,
+                     width_ratio=width_ratio(config, fields['features']), **fields)
 
 
 class Bert(nn.Module):
@@ -65,7 +69,7 @@ class Bert(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     init = nn.initializers.normal(stddev=0.02)
-    self.embed = layers.Embed(c.vocab_size, c.features, dtype)
+    self.embed = layers.Embed(c.vocab_size, c.features, dtype, c.width_ratio)
     self.position_embedding = self.param(
         'position_embedding', nn.with_logical_partitioning(init, (None, 'embed')), (c.max_positions, c.features))
     self.segment_embedding = self.param(
@@ -73,7 +77,7 @@ class Bert(nn.Module):
     self.embed_norm = layers.layer_norm(dtype)
     self.dropout = nn.Dropout(c.dropout)
     self.blocks = [layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout,
-                                       dtype, nn.gelu) for _ in range(c.layers)]
+                                       dtype, nn.gelu, c.width_ratio) for _ in range(c.layers)]
     self.final_norm = layers.layer_norm(dtype)
     self.mlm_transform = layers.dense(c.features, ('embed', 'mlp'), dtype, 'mlm_transform')
     self.mlm_norm = layers.layer_norm(dtype)
@@ -105,11 +109,15 @@ class Bert(nn.Module):
 class Pretraining(Task):
   logical_axis_rules = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'),
                         ('mlp', 'model'), ('embed', None))
+  # The shared embedding is an input weight (its read-out use is scaled in Embed.attend); the
+  # next-sentence classifier reads out 2 logits; the biases over the vocabulary / 2 classes are fixed.
+  parameter_roles = ((r'nsp_classifier/kernel', 'output'), (r'(mlm_bias|nsp_classifier/bias)', 'fixed'),
+                     (r'.*kernel', 'hidden'), (r'.*', 'input'))
 
   def __init__(self, config):
     super().__init__(config)
     task = config.task
-    model = model_config(task)
+    model = model_config(config)
     layers.check_sizes(model.features, model.num_heads, task.dtype)
     if not 0 < task.max_predictions_per_seq < task.max_seq_length:
       raise ConfigError(f'task.max_predictions_per_seq={task.max_predictions_per_seq} must be in '
@@ -119,6 +127,10 @@ class Pretraining(Task):
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.dataset))
     self.model = Bert(model)
     self._eval = None
+
+  @property
+  def width(self) -> int:
+    return self.model.config.features
 
   # ---- Data.
   def _prepared(self) -> str:

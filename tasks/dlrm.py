@@ -26,7 +26,7 @@ from absl import logging
 
 from data import criteo, synthetic_criteo
 from tasks import losses
-from tasks.base import Task
+from tasks.base import Task, width_ratio
 
 ROW_ALIGNMENT = 128  # table rows are padded to a multiple of this, so any model axis up to it divides them
 
@@ -37,11 +37,13 @@ class ModelConfig:
   embedding_dim: int
   bottom_mlp: tuple[int, ...]  # hidden widths; a last layer of embedding_dim is added
   top_mlp: tuple[int, ...]     # hidden widths; a last layer of 1 (the logit) is added
+  width_ratio: float = 1.0     # width / base_width under muP, else 1
 
 
-def _dense(features: int, name: str) -> nn.Dense:
+def _dense(features: int, name: str, init_scale: float = 1.0) -> nn.Dense:
+  init = nn.initializers.variance_scaling(init_scale ** 2, 'fan_avg', 'truncated_normal')  # Glorot normal
   return nn.Dense(features, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.glorot_normal(), ('mlp_in', 'mlp')),
+                  kernel_init=nn.with_logical_partitioning(init, ('mlp_in', 'mlp')),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))
 
 
@@ -52,8 +54,11 @@ class Dlrm(nn.Module):
   def __call__(self, dense, sparse):
     c = self.config
     x = dense
+    # Under muP the first layers (input weights, fan-in fixed) keep the base width's init: Glorot's
+    # 1/sqrt(fan_in + fan_out) would shrink them as the width grows.
+    input_scale = c.width_ratio ** 0.5
     for i, width in enumerate(c.bottom_mlp + (c.embedding_dim,)):
-      x = nn.relu(_dense(width, f'bottom_{i}')(x))
+      x = nn.relu(_dense(width, f'bottom_{i}', input_scale if i == 0 else 1.0)(x))
     vectors = [x]
     for i, size in enumerate(c.table_sizes):
       rows = -(-size // ROW_ALIGNMENT) * ROW_ALIGNMENT
@@ -67,7 +72,7 @@ class Dlrm(nn.Module):
     upper_i, upper_j = np.triu_indices(len(vectors), k=1)
     z = jnp.concatenate([x, dots[:, upper_i, upper_j]], axis=1)
     for i, width in enumerate(c.top_mlp):
-      z = nn.relu(_dense(width, f'top_{i}')(z))
+      z = nn.relu(_dense(width, f'top_{i}', input_scale if i == 0 else 1.0)(z))
     return _dense(1, f'top_{len(c.top_mlp)}')(z)[:, 0]
 
 
@@ -82,8 +87,21 @@ class ClickThrough(Task):
     task = config.task
     sizes = tuple(task.table_sizes)
     criteo.check_table_sizes(sizes)
-    self.model = Dlrm(ModelConfig(sizes, task.embedding_dim, tuple(task.bottom_mlp), tuple(task.top_mlp)))
+    self.model = Dlrm(ModelConfig(sizes, task.embedding_dim, tuple(task.bottom_mlp), tuple(task.top_mlp),
+                                  width_ratio(config, self.width)))
+    # Width is the MLPs' (they grow together); the embedding dimension is fixed. So the tables are
+    # `fixed`, each MLP's first layer (fan-in: 13 dense features / the interactions) an input weight,
+    # and its last (to embedding_dim / to the logit) a read-out.
+    last = f'(bottom_{len(task.bottom_mlp)}|top_{len(task.top_mlp)})'
+    self.parameter_roles = ((r'table_\d+', 'fixed'), (r'(bottom|top)_0/.*', 'input'),
+                            (f'{last}/kernel', 'output'), (f'{last}/bias', 'fixed'),
+                            (r'.*/bias', 'input'), (r'.*/kernel', 'hidden'))
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.dataset))
+
+  @property
+  def width(self) -> int:
+    """The widest MLP layer's."""
+    return max(self.config.task.bottom_mlp + self.config.task.top_mlp)
 
   def _prepared(self) -> str:
     task = self.config.task

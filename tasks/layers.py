@@ -11,6 +11,11 @@ Packing: several sequences may share a row. `segmentation` numbers them
 restarts at 0 in each segment. Layer norm comes before each sub-layer
 (pre-LN), which trains stably with every optimizer here without the post-LN
 warm-up sensitivity.
+
+`width_ratio` (width / base_width under muP, else 1) changes what muP changes in
+the forward pass: attention logits scale as 1/head_dim rather than 1/sqrt(head_dim)
+(at the base width they are equal), the embedding's lookup multiplier and init
+stay those of the base width, and tied output logits shrink as 1/width_ratio.
 """
 
 import functools
@@ -69,21 +74,32 @@ def causal_mask(length: int) -> jax.Array:
 
 
 class Embed(nn.Module):
-  """Token embedding, scaled by sqrt(features) on lookup; `attend` gives tied output logits."""
+  """Token embedding, scaled by sqrt(features) on lookup; `attend` gives tied output logits.
+
+  Under muP (width_ratio != 1) the lookup scale and init std are the base width's, so
+  embedded coordinates keep their size, and `attend` divides by the ratio: the
+  read-out of a width-d vector with O(1) coordinates must shrink as 1/d.
+  """
   vocab_size: int
   features: int
   dtype: Dtype = jnp.float32
+  width_ratio: float = 1.0
 
   def setup(self):
-    init = nn.initializers.normal(stddev=self.features ** -0.5)
+    init = nn.initializers.normal(stddev=self._base_features ** -0.5)
     self.embedding = self.param('embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
                                 (self.vocab_size, self.features))
 
+  @property
+  def _base_features(self) -> float:
+    return self.features / self.width_ratio
+
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * np.sqrt(self.features)
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * np.sqrt(self._base_features)
 
   def attend(self, x: jax.Array) -> jax.Array:
-    return jnp.einsum('...d,vd->...v', x, self.embedding.astype(self.dtype))
+    logits = jnp.einsum('...d,vd->...v', x, self.embedding.astype(self.dtype))
+    return logits if self.width_ratio == 1 else logits / self.width_ratio
 
 
 class MultiHeadAttention(nn.Module):
@@ -98,6 +114,7 @@ class MultiHeadAttention(nn.Module):
   dropout: float
   dtype: Dtype = jnp.float32
   decode: bool = False
+  width_ratio: float = 1.0  # muP: logits / head_dim (equal to / sqrt(head_dim) at the base width)
 
   @nn.compact
   def __call__(self, queries, keys_values, mask, *, deterministic: bool, decode_position=None):
@@ -110,7 +127,7 @@ class MultiHeadAttention(nn.Module):
     v = split(dense(self.features, ('embed', 'heads'), self.dtype, 'value')(keys_values))
     if self.decode:
       k, v, mask = self._use_cache(k, v, decode_position)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(head_dim).astype(self.dtype)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(head_dim * self.width_ratio).astype(self.dtype)
     logits = jnp.where(mask, logits, NEG_INF)
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
     weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
@@ -159,13 +176,14 @@ class EncoderBlock(nn.Module):
   attention_dropout: float
   dtype: Dtype = jnp.float32
   activation: Callable = nn.relu
+  width_ratio: float = 1.0
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
     sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
                                  dtype=self.dtype)
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                                   name='attention')
+                                   width_ratio=self.width_ratio, name='attention')
     x = sublayer(x, lambda y: attention(y, y, mask, deterministic=deterministic), 'attention_norm')
     mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, self.activation, name='mlp')
     return sublayer(x, lambda y: mlp(y, deterministic=deterministic), 'mlp_norm')
@@ -180,17 +198,18 @@ class DecoderBlock(nn.Module):
   attention_dropout: float
   dtype: Dtype = jnp.float32
   decode: bool = False
+  width_ratio: float = 1.0
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, *, deterministic: bool, decode_position=None):
     sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
                                  dtype=self.dtype)
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                                   decode=self.decode, name='self_attention')
+                                   decode=self.decode, width_ratio=self.width_ratio, name='self_attention')
     x = sublayer(x, lambda y: attention(y, y, self_mask, deterministic=deterministic,
                                         decode_position=decode_position), 'self_attention_norm')
     cross = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
-                               name='cross_attention')
+                               width_ratio=self.width_ratio, name='cross_attention')
     x = sublayer(x, lambda y: cross(y, encoded, cross_mask, deterministic=deterministic),
                  'cross_attention_norm')
     mlp = FeedForward(self.hidden, self.features, self.dropout, self.dtype, name='mlp')

@@ -6,6 +6,10 @@ vector w by a product W_1 W_2 ... W_N (same expressiveness) can make gradient
 descent converge faster, because depth acts as a preconditioner. Compare
 `task.depth=1` with 2 or 3 under SGD / Adam / Shampoo.
 
+With `task.activation` tanh or relu between the layers the model is an MLP of
+`task.width` hidden units: the narrow-to-wide model of the width-transfer (muP)
+experiments, where the first layer is the input, the last the read-out.
+
 Data: the UCI gas-sensor regression set the paper used (`data/gas_sensor.py`),
 or, with `task.generate=True`, a generated set in the same file format.
 """
@@ -21,25 +25,35 @@ from tasks import losses
 from tasks.base import Task
 
 
+ACTIVATIONS = {'linear': lambda x: x, 'tanh': nn.tanh, 'relu': nn.relu}
+
+
 class DeepLinear(nn.Module):
-  """x -> x W_1 ... W_N, with hidden width `width`; depth 1 is plain linear regression."""
+  """x -> x W_1 ... W_N (with `activation` between), hidden width `width`; depth 1 is linear regression."""
   depth: int
   width: int
   init_scale: float
+  activation: str = 'linear'
 
   @nn.compact
   def __call__(self, x):
-    axes = ['features'] + ['hidden'] * (self.depth - 1) + ['output']
+    # Kernel axes (in, out); a hidden-to-hidden kernel's input axis is 'hidden_in' (one name per array).
+    axes = [('features', 'hidden')] + [('hidden_in', 'hidden')] * (self.depth - 2) + [('hidden', 'output')]
+    if self.depth == 1:
+      axes = [('features', 'output')]
     sizes = [self.width] * (self.depth - 1) + [1]
     for layer, size in enumerate(sizes):
       init = nn.initializers.variance_scaling(self.init_scale ** 2, 'fan_in', 'normal')
+      if layer:
+        x = ACTIVATIONS[self.activation](x)
       x = nn.Dense(size, use_bias=False, name=f'layer{layer}',
-                   kernel_init=nn.with_logical_partitioning(init, (axes[layer], axes[layer + 1])))(x)
+                   kernel_init=nn.with_logical_partitioning(init, axes[layer]))(x)
     return x[:, 0]
 
 
 class LpRegression(Task):
-  logical_axis_rules = (('batch', 'data'), ('features', 'model'), ('hidden', 'model'), ('output', None))
+  logical_axis_rules = (('batch', 'data'), ('features', 'model'), ('hidden', 'model'), ('hidden_in', None),
+                        ('output', None))
   eval_metric_names = ('loss', 'mse')
 
   def __init__(self, config):
@@ -49,6 +63,11 @@ class LpRegression(Task):
       raise ConfigError(f'task.p={task.p} must be >= 2')
     if task.depth < 1:
       raise ConfigError(f'task.depth={task.depth} must be >= 1')
+    if task.activation not in ACTIVATIONS:
+      raise ConfigError(f'task.activation={task.activation!r}: choose one of {", ".join(ACTIVATIONS)}')
+    last = task.depth - 1
+    self.parameter_roles = ((r'layer0/kernel', 'input' if last else 'fixed'),
+                            (f'layer{last}/kernel', 'output'), (r'layer\d+/kernel', 'hidden'))
     self.data_dir = os.path.join(config.data_dir, task.dataset)
     self._splits = None
     self.model = None  # built once the data says how many features there are
@@ -64,8 +83,13 @@ class LpRegression(Task):
         gas_sensor.generate(self.data_dir, task.num_examples, task.num_features, seed=task.data_seed)
       self._splits = gas_sensor.standardized_splits(self.data_dir, task.eval_fraction, task.data_seed)
       num_features = self._splits[0]['x'].shape[1]
-      self.model = DeepLinear(task.depth, task.width or num_features, task.init_scale)
+      self.model = DeepLinear(task.depth, task.width or num_features, task.init_scale, task.activation)
     return self._splits
+
+  @property
+  def width(self) -> int:
+    self._load()
+    return self.model.width
 
   def init(self, rng):
     train, _ = self._load()

@@ -31,7 +31,7 @@ import optax
 from configs import ConfigError
 from data import imagenet, synthetic_imagenet
 from tasks import losses
-from tasks.base import Task
+from tasks.base import Task, width_ratio
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # MLPerf's reference (as PyTorch's 0.1 / 1e-5)
 STEMS = ('imagenet', 'small')
@@ -56,11 +56,12 @@ class ModelConfig:
   num_classes: int
   stem: str = 'imagenet'
   dtype: str = 'float32'  # activations; parameters, batch statistics and the loss stay float32
+  width_ratio: float = 1.0  # width / base_width under muP, else 1
 
 
-def _conv(features: int, kernel: int, strides: int, dtype, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, strides: int, dtype, name: str, init_scale: float = 1.0) -> nn.Conv:
   """He-normal (fan-out) initialised convolution without bias: batch norm follows every one."""
-  init = nn.with_logical_partitioning(nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+  init = nn.with_logical_partitioning(nn.initializers.variance_scaling(2.0 * init_scale ** 2, 'fan_out', 'normal'),
                                       ('conv_height', 'conv_width', 'conv_in', 'conv_out'))
   return nn.Conv(features, (kernel, kernel), (strides, strides), padding=[(kernel // 2, kernel // 2)] * 2,
                  use_bias=False, dtype=dtype, kernel_init=init, name=name)
@@ -107,7 +108,10 @@ class ResNet(nn.Module):
     c = self.config
     x = images.astype(c.dtype)
     kernel, strides = (7, 2) if c.stem == 'imagenet' else (3, 1)
-    x = nn.relu(_batch_norm(train, c.dtype, 'stem_norm')(_conv(c.width, kernel, strides, c.dtype, 'stem_conv')(x)))
+    # Under muP the stem (an input weight) keeps the base width's init and the head (the read-out) gets
+    # a fan-in scaled one, which optimizers/parameterization.py's read-out multiplier takes for granted.
+    stem = _conv(c.width, kernel, strides, c.dtype, 'stem_conv', init_scale=c.width_ratio ** 0.5)
+    x = nn.relu(_batch_norm(train, c.dtype, 'stem_norm')(stem(x)))
     if c.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(c.stage_sizes):
@@ -117,7 +121,8 @@ class ResNet(nn.Module):
                   name=f'stage{stage}_block{i}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     head = nn.Dense(c.num_classes, dtype=c.dtype, name='head',
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.01), ('conv_out', 'classes')),
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.01 * c.width_ratio ** -0.5),
+                                                             ('conv_out', 'classes')),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('classes',)))
     return head(x).astype(jnp.float32)
 
@@ -133,6 +138,8 @@ class ImageClassification(Task):
   logical_axis_rules = (('batch', 'data'), ('conv_height', None), ('conv_width', None), ('conv_in', None),
                         ('conv_out', None), ('classes', None))
   eval_metric_names = ('loss', 'accuracy', 'top5_accuracy')
+  parameter_roles = ((r'stem_conv/kernel', 'input'), (r'head/kernel', 'output'), (r'head/bias', 'fixed'),
+                     (r'.*kernel', 'hidden'), (r'.*', 'input'))
 
   def __init__(self, config):
     super().__init__(config)
@@ -163,8 +170,12 @@ class ImageClassification(Task):
       task = self.config.task
       stage_sizes, block = MODELS[task.model]
       self.model = ResNet(ModelConfig(stage_sizes, block, task.width, imagenet.num_classes(self._prepared()),
-                                      task.stem, task.dtype))
+                                      task.stem, task.dtype, width_ratio(self.config, task.width)))
     return self.model
+
+  @property
+  def width(self) -> int:
+    return self.config.task.width
 
   def train_data(self, process_index, process_count, start_step):
     task = self.config.task

@@ -27,7 +27,7 @@ import sacrebleu
 from configs import ConfigError
 from data import batches, synthetic_translation, wmt
 from tasks import beam_search, layers, losses
-from tasks.base import Task, preset_fields
+from tasks.base import Task, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ModelConfig:
   dropout: float
   attention_dropout: float
   dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
+  width_ratio: float = 1.0  # width / base_width under muP (tasks/layers.py), else 1
 
 
 class Transformer(nn.Module):
@@ -50,13 +51,14 @@ class Transformer(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    self.embed = layers.Embed(c.vocab_size, c.features, dtype)
+    self.embed = layers.Embed(c.vocab_size, c.features, dtype, c.width_ratio)
     self.encoder_blocks = [
-        layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype)
+        layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
+                            width_ratio=c.width_ratio)
         for _ in range(c.encoder_layers)]
     self.decoder_blocks = [
         layers.DecoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
-                            decode=self.decode)
+                            decode=self.decode, width_ratio=c.width_ratio)
         for _ in range(c.decoder_layers)]
     self.encoder_norm = layers.layer_norm(dtype)
     self.decoder_norm = layers.layer_norm(dtype)
@@ -128,20 +130,25 @@ MODELS = {
 }
 
 
-def model_config(task) -> ModelConfig:
+def model_config(config) -> ModelConfig:
   """The preset `task.model`, with any task field set explicitly (>= 0 dropouts, > 0 sizes) overriding it."""
-  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, **preset_fields(task, MODELS))
+  task = config.task
+  fields = preset_fields(task, MODELS)
+  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype,
+                     width_ratio=width_ratio(config, fields['features']), **fields)
 
 
 class Translation(Task):
   logical_axis_rules = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'),
                         ('mlp', 'model'), ('embed', None))
   eval_metric_names = ('loss', 'accuracy', 'perplexity', 'bleu')
+  # The shared embedding is an input weight; its read-out use is scaled in Embed.attend.
+  parameter_roles = ((r'.*(kernel)', 'hidden'), (r'.*', 'input'))
 
   def __init__(self, config):
     super().__init__(config)
     task = config.task
-    model = model_config(task)
+    model = model_config(config)
     layers.check_sizes(model.features, model.num_heads, task.dtype)
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
@@ -154,6 +161,10 @@ class Translation(Task):
     self._tokenizer = None
     self._eval = None
     self._decode = None
+
+  @property
+  def width(self) -> int:
+    return self.model.config.features
 
   # ---- Data.
   def tokenizer(self):

@@ -93,7 +93,7 @@ def _check_steps_and_batch(config, mesh_shape: dict[str, int], process_count: in
                         f'({process_count}) and the data axis ({data})')
 
 
-def _loss_context(config, task, abstract_boxed) -> optimizers.kfac.LossContext | None:
+def loss_context(config, task, abstract_boxed) -> optimizers.kfac.LossContext | None:
   """The task loss for optimizers that estimate curvature from it (K-FAC), else None."""
   if not optimizers.needs_loss(config.optimizer.name):
     return None
@@ -110,6 +110,29 @@ def _loss_context(config, task, abstract_boxed) -> optimizers.kfac.LossContext |
   return optimizers.kfac.LossContext(
       value_fn=lambda params, model_state, rng, batch: task.loss(params, model_state, batch, rng)[0],
       example_args=(params, model_state, rng, batch), task_name=config.task.name)
+
+
+def _width(task) -> int | None:
+  """The model's width (what muP scales by), or None for a task that declares none."""
+  try:
+    return task.width
+  except ConfigError:
+    return None
+
+
+def width_multipliers(config, task, params) -> optimizers.parameterization.Multipliers | None:
+  """Per-parameter init, learning-rate and damping multipliers under parameterization=mup, else None.
+
+  Logs each parameter's role and multipliers, so a run shows what muP did to it.
+  """
+  if config.parameterization != 'mup':
+    return None
+  roles = tasks.base.parameter_roles(params, task.parameter_roles)
+  ratio = tasks.base.width_ratio(config, task.width)
+  multipliers = optimizers.parameterization.multipliers(config, params, roles, ratio)
+  logging.info('muP: width %d = %.4g x base_width %d; per parameter: %s', task.width, ratio, config.base_width,
+               '; '.join(optimizers.parameterization.describe(roles, multipliers)))
+  return multipliers
 
 
 def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=None):
@@ -227,6 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   is_main = process_index == 0
 
   # ---- Everything that can reject the config, before the workdir is touched.
+  optimizers.parameterization.check(config)
   task = tasks.get(config.task.name)(config)
   target = Target.from_config(config.target, task.eval_metric_names)
   mesh_shape = partitioning.mesh_shape(config.mesh, len(devices))
@@ -236,7 +260,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   mesh = partitioning.make_mesh(mesh_shape, devices)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
-  tx = optimizers.build(config.optimizer, schedule, _loss_context(config, task, abstract_boxed))
+  multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
+  tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers)
   diagnostics.check(config.diagnostics)
   workdirs.prepare(workdir, config, write=is_main)
 
@@ -247,6 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
 
   def init_state(rng) -> TrainState:
     params, model_state = nn.unbox(task.init(init_rng))
+    if multipliers is not None:
+      params = optimizers.parameterization.apply_init(params, multipliers.init)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                       opt_state=tx.init(params), rng=rng)
 
@@ -276,7 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
       'target': dataclasses.asdict(target), 'final_eval': None, 'final_train': None,
       'devices': {'platform': devices[0].platform, 'kind': devices[0].device_kind,
                   'count': len(devices), 'process_count': process_count},
-      'mesh': mesh_shape, 'param_count': num_params, 'versions': _versions(),
+      'mesh': mesh_shape, 'param_count': num_params, 'width': _width(task), 'versions': _versions(),
   }
   stopped_at_target = config.stop_at_target and meta['steps_to_target'] is not None
   finished = start_step >= config.num_steps or stopped_at_target
