@@ -3,7 +3,7 @@
 Under `mup` (Yang & Hu 2021 for SGD and Adam; Ishikawa & Karakida, ICLR 2024,
 Table 1, for K-FAC and Shampoo) the initialization and the learning rate of each
 parameter scale with the width multiplier m = width / base_width according to the
-parameter's role, which the task declares (tasks/base.py):
+parameter's role, which the task declares (tasks/base.py, ROLES):
 
   input   fan-in fixed, fan-out grows: embeddings, first layers, and vectors
           (biases, norm scales), which muP treats as input weights
@@ -49,7 +49,6 @@ from configs import ConfigError
 from optimizers import shampoo
 
 PARAMETERIZATIONS = ('standard', 'mup')
-ROLES = ('input', 'hidden', 'output', 'fixed')
 
 # Init std x m^exponent, relative to a fan-in scaled (b = 1/2) initialiser: b - 1/2, negated.
 INIT_EXPONENTS = dict(input=0.0, hidden=0.0, output=-0.5, fixed=0.0)
@@ -63,7 +62,7 @@ LR_EXPONENTS = {
 }
 # K-FAC's damping lambda x m^exponent per block, by the role of the block's kernel.
 DAMPING_EXPONENTS = dict(input=-1.0, hidden=0.0, output=1.0, fixed=0.0)
-GRAFT_ROWS = {'none': 'sgd', 'sgd': 'sgd', 'adagrad': 'adam', 'rmsprop': 'adam'}
+GRAFT_ROWS = {'sgd': 'sgd', 'adagrad': 'adam', 'rmsprop': 'adam'}
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -21,6 +21,8 @@ import numpy as np
 from configs import ConfigError
 
 Batch = dict[str, np.ndarray]
+# How a parameter's fan-in / fan-out grow with the width: no / yes, yes / yes, yes / no, no / no.
+ROLES = ('input', 'hidden', 'output', 'fixed')
 Metrics = dict[str, jax.Array]
 
 
@@ -113,6 +115,8 @@ def parameter_roles(params, rules: Sequence[tuple[str, str]]):
   def role(path, _):
     name = '/'.join(str(getattr(k, 'key', k)) for k in path)
     for pattern, value in rules:
+      if value not in ROLES:
+        raise ConfigError(f'parameter role {value!r} (rule {pattern!r}): choose one of {", ".join(ROLES)}')
       if re.fullmatch(pattern, name):
         return value
     raise ConfigError(f'parameter {name} has no width role: add a rule to the task\'s parameter_roles')

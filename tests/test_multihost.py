@@ -20,7 +20,7 @@ from conftest import ROOT, load_config
 LP = dict(name='lp_regression_adam', num_steps=20, eval_every=10, log_every=5, checkpoint_every=10,
           global_batch_size=64)
 TRANSFORMER = dict(
-    name='transformer_adam', num_steps=12, eval_every=6, log_every=2, checkpoint_every=6,
+    name='transformer_adam', num_steps=12, eval_every=12, log_every=2, checkpoint_every=6,
     global_batch_size=16, eval_batch_size=32, task__train_shards=2, task__generated_train_pairs=2000,
     task__generated_eval_pairs=64, task__vocab_size=300, task__tfds_dir='synthetic_wmt_small',
     task__bleu_every=1, task__bleu_sentences=16, task__max_decode_length=16, task__encoder_layers=1,

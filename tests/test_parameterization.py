@@ -83,13 +83,18 @@ def test_mup_rejects_what_it_cannot_scale():
     parameterization.check(load_config('lp_regression_adam', parameterization='mu'))
 
 
-# Per task: the config fields that double its width, and a way to keep its data small.
+# Per task: the config fields that double its width, and a small data set of its own (cheap to generate).
 WIDER = {
     'lp_regression_adam': lambda w: dict(task__depth=3, task__width=w),
-    'transformer_adam': lambda w: dict(task__features=w),
-    'bert_adam': lambda w: dict(task__features=w),
-    'resnet50_adam': lambda w: dict(task__width=w),
-    'dlrm_adam': lambda w: dict(task__bottom_mlp=(w, w // 2), task__top_mlp=(w, w // 2)),
+    'transformer_adam': lambda w: dict(task__features=w, task__tfds_dir='synthetic_wmt_roles', task__vocab_size=300,
+                                       task__generated_train_pairs=400, task__generated_eval_pairs=20),
+    'bert_adam': lambda w: dict(task__features=w, task__dataset='synthetic_bert_roles', task__generated_documents=150),
+    'resnet50_adam': lambda w: dict(task__width=w, task__tfds_dir='synthetic_imagenet_roles',
+                                    task__generated_classes=3, task__generated_train_per_class=2,
+                                    task__generated_eval_per_class=1),
+    'dlrm_adam': lambda w: dict(task__bottom_mlp=(w, w // 2), task__top_mlp=(w, w // 2),
+                                task__dataset='synthetic_criteo_roles', task__generated_train=500,
+                                task__generated_eval=100),
 }
 ROLE_OF_GROWTH = {(False, True): 'input', (True, True): 'hidden', (True, False): 'output', (False, False): 'fixed'}
 
@@ -117,9 +122,11 @@ def test_declared_roles_match_how_shapes_grow(name):
     assert role == ROLE_OF_GROWTH[grew], (jax.tree_util.keystr(path), small.shape, large.shape)
 
 
-def test_undeclared_parameter_is_a_config_error():
+def test_undeclared_parameter_or_unknown_role_is_a_config_error():
   with pytest.raises(ConfigError, match='layer1/kernel has no width role'):
     tasks.base.parameter_roles({'layer0': {'kernel': 0}, 'layer1': {'kernel': 0}}, ((r'layer0/.*', 'input'),))
+  with pytest.raises(ConfigError, match="role 'hiden'"):
+    tasks.base.parameter_roles({'w': 0}, ((r'.*', 'hiden'),))
 
 
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam', 'shampoo', 'kfac'])

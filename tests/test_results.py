@@ -258,3 +258,46 @@ def test_notebook_runs_top_to_bottom(bench, capsys):
     plt.close('all')
   out = capsys.readouterr().out
   assert 'skipped ' in out and '| shampoo | 260 (200–320) | 0.650 |' in out
+
+
+def write_width_sweep(sweep_dir, parameterization: str, best_lr_of_width) -> None:
+  """A width_transfer sweep whose final loss is (log2 lr - log2 best lr of the width)^2 + 0.1; the
+  largest learning rate at the widest width diverged."""
+  trials = []
+  widths, lrs = (64, 128, 256, 512), [0.01 * 2.0 ** k for k in range(-4, 3)]
+  for width in widths:
+    for lr in lrs:
+      trial = f'parameterization={parameterization},width={width},learning_rate={lr:g},seed=0'
+      diverged = width == 512 and lr == lrs[-1]
+      loss = (math.log2(lr) - math.log2(best_lr_of_width(width))) ** 2 + 0.1
+      write_run(sweep_dir / trial, 'lp_regression', 'adam', lr, LP_TARGET, None, None, loss,
+                status='diverged' if diverged else 'completed')
+      for name, update in (('summary.json', {'width': width}), ('config.json', {'parameterization': parameterization})):
+        path = sweep_dir / trial / name
+        content = {**json.loads(path.read_text()), **update}
+        path.write_text(json.dumps(content))
+      trials.append({'id': trial, 'workdir': trial, 'status': 'completed',
+                     'overrides': {'parameterization': parameterization, 'task.width': width,
+                                   'optimizer.learning_rate': lr, 'seed': 0}})
+  (sweep_dir / 'sweep.json').write_text(json.dumps({'trials': trials, 'fixed': {'base_width': 64}}))
+
+
+def test_width_transfer_best_rates_drift_and_regret(tmp_path):
+  from results import width_transfer
+  write_width_sweep(tmp_path / 'standard', 'standard', lambda width: 0.01 * 64 / width)  # optimum ~ 1/width
+  write_width_sweep(tmp_path / 'mup', 'mup', lambda width: 0.01)
+  runs, _ = runs_lib.load([str(tmp_path / 'standard'), str(tmp_path / 'mup')])
+  mup, standard = width_transfer.transfers(runs)
+  assert (standard.parameterization, mup.parameterization) == ('standard', 'mup')
+  assert standard.best() == pytest.approx({64: 0.01, 128: 0.005, 256: 0.0025, 512: 0.00125})
+  assert standard.drift() == pytest.approx(3.0) and mup.drift() == 0.0
+  assert standard.regret() == pytest.approx(9.1 / 0.1 - 1)  # lr 0.01 at width 512: 3 octaves off
+  assert mup.regret() == 0.0
+  assert mup.losses[512][0.04] == math.inf  # the diverged trial
+
+  out = tmp_path / 'out'
+  assert width_transfer.main([str(tmp_path / 'standard'), str(tmp_path / 'mup'), '--out', str(out)]) == 0
+  table = (out / 'table.md').read_text()
+  assert '| lp_regression | adam | standard | 64: 0.01, 128: 0.005, 256: 0.0025, 512: 0.00125 | 3.00 | 90.000 |' in table
+  assert (out / 'transfer.png').stat().st_size > 10_000
+  assert width_transfer.main([str(tmp_path / 'nothing'), '--out', str(out)]) == 2
