@@ -5,7 +5,8 @@
 Reads the trials of launch/sweeps/width_transfer.py (any run with a `width` in its summary and a
 swept learning rate) and writes, under --out, `transfer.png` (final eval loss against the learning
 rate, one curve per width; a row per task and optimizer, a column per parameterization) and
-`table.md`: per setting, the best learning rate at each width and two numbers:
+`table.md`: per setting, the best learning rate at each width (* where it is the grid's smallest or
+largest) and two numbers:
   drift   log2(largest / smallest best learning rate across widths): 0 = perfect transfer,
           1 = the optimum moved by a factor of 2;
   regret  at the widest width, the loss with the narrowest width's best learning rate over
@@ -41,6 +42,10 @@ class Transfer(NamedTuple):
   def best(self) -> dict[int, float]:
     """Width -> the learning rate with the lowest final loss (the smallest one on a tie)."""
     return {width: min(curve, key=lambda lr: (curve[lr], lr)) for width, curve in sorted(self.losses.items())}
+
+  def at_edge(self) -> set[int]:
+    """Widths whose best learning rate is the grid's smallest or largest: the optimum may lie beyond."""
+    return {width for width, lr in self.best().items() if lr in (min(self.losses[width]), max(self.losses[width]))}
 
   def drift(self) -> float:
     best = self.best().values()
@@ -78,9 +83,13 @@ def markdown(results: list[Transfer]) -> str:
   lines = ['| task | optimizer | parameterization | best learning rate per width | drift (log2) | regret |',
            '|---|---|---|---|---:|---:|']
   for t in results:
-    best = ', '.join(f'{w}: {lr:.3g}' for w, lr in t.best().items())
+    edge = t.at_edge()
+    best = ', '.join(f'{w}: {lr:.3g}' + ('*' if w in edge else '') for w, lr in t.best().items())
     lines.append(f'| {t.task} | {t.optimizer} | {t.parameterization} | {best} | {t.drift():.2f} | '
                  f'{t.regret():.3f} |')
+  if any(t.at_edge() for t in results):
+    lines.append('\n\\* at the edge of the learning-rate grid: the optimum may lie beyond it, and the drift '
+                 'may be larger.')
   return '\n'.join(lines) + '\n'
 
 
