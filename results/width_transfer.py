@@ -10,7 +10,10 @@ largest) and two numbers:
   drift   log2(largest / smallest best learning rate across widths): 0 = perfect transfer,
           1 = the optimum moved by a factor of 2;
   regret  at the widest width, the loss with the narrowest width's best learning rate over
-          the best loss there, minus 1: what tuning narrow and training wide costs.
+          the best loss there, minus 1: what tuning narrow and training wide costs;
+  spread  the mean, over learning rates, of ln(max / min) of the final loss across widths: how far
+          the whole curves are from lying on top of each other (0), which a flat optimum's noisy
+          position does not move.
 A diverged run counts as an infinite loss.
 """
 
@@ -51,6 +54,15 @@ class Transfer(NamedTuple):
     best = self.best().values()
     return math.log2(max(best) / min(best))
 
+  def spread(self) -> float:
+    """Mean over the learning rates every width ran without diverging of ln(max / min) of the final
+    losses across widths: 0 when the curves of all widths coincide."""
+    lrs = set.intersection(*(set(curve) for curve in self.losses.values()))
+    gaps = [math.log(max(values) / min(values))
+            for values in ([curve[lr] for curve in self.losses.values()] for lr in sorted(lrs))
+            if all(map(math.isfinite, values))]
+    return float(np.mean(gaps)) if gaps else math.nan
+
   def regret(self) -> float:
     widths = sorted(self.losses)
     narrow_best, wide = self.best()[widths[0]], self.losses[widths[-1]]
@@ -80,13 +92,13 @@ def transfers(runs: Iterable[runs_lib.Run]) -> list[Transfer]:
 
 
 def markdown(results: list[Transfer]) -> str:
-  lines = ['| task | optimizer | parameterization | best learning rate per width | drift (log2) | regret |',
-           '|---|---|---|---|---:|---:|']
+  lines = ['| task | optimizer | parameterization | best learning rate per width | drift (log2) | regret | spread |',
+           '|---|---|---|---|---:|---:|---:|']
   for t in results:
     edge = t.at_edge()
     best = ', '.join(f'{w}: {lr:.3g}' + ('*' if w in edge else '') for w, lr in t.best().items())
     lines.append(f'| {t.task} | {t.optimizer} | {t.parameterization} | {best} | {t.drift():.2f} | '
-                 f'{t.regret():.3f} |')
+                 f'{t.regret():.3f} | {t.spread():.3f} |')
   if any(t.at_edge() for t in results):
     lines.append('\n\\* at the edge of the learning-rate grid: the optimum may lie beyond it, and the drift '
                  'may be larger.')

@@ -293,6 +293,11 @@ def test_width_transfer_best_rates_drift_and_regret(tmp_path):
   assert standard.drift() == pytest.approx(3.0) and mup.drift() == 0.0
   assert standard.regret() == pytest.approx(9.1 / 0.1 - 1)  # lr 0.01 at width 512: 3 octaves off
   assert mup.regret() == 0.0
+  assert mup.spread() == 0.0  # the same curve at every width; the diverged lr is left out
+  # At lr 0.01 * 2^k the losses across widths are (k + j)^2 + 0.1 for j = 0..3 octaves of drift.
+  expected = [math.log(max((k + j) ** 2 + 0.1 for j in range(4)) / min((k + j) ** 2 + 0.1 for j in range(4)))
+              for k in range(-3, 1)]
+  assert standard.spread() == pytest.approx(sum(expected) / 4)
   assert mup.losses[512][0.02] == math.inf  # the diverged trial
 
   out = tmp_path / 'out'
