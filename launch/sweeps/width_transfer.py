@@ -9,8 +9,8 @@ the learning rate, one curve per width, under `standard` and `mup`. `base_width`
 the narrowest width, so there the two parameterizations are the same run. The model
 is a 3-layer tanh MLP on the lp_regression data with squared error (32 -> width ->
 width -> 1; widths 64..512, learning rates the config's x 2^-6 .. 2^2, 300 steps) or
-the tiny Transformer (d_model 32..128, feed-forward 4x, 4 heads; x 2^-3 .. 2^2, 200
-steps). Runs never stop at the target: the loss after a fixed number of steps is the
+the tiny Transformer (d_model 32..128, feed-forward 4x, 4 heads; x 2^-3 .. 2^5, 200
+steps: 200 steps favour large rates). Runs never stop at the target: the loss after a fixed number of steps is the
 quantity that transfers.
 """
 
@@ -23,7 +23,7 @@ CONFIG = 'configs/lp_regression_adam.py:tiny'
 WIDTHS = {'lp_regression': (64, 128, 256, 512), 'transformer': (32, 64, 128)}
 WIDTH_FIELD = {'lp_regression': 'task.width', 'transformer': 'task.features'}
 LR_FACTORS = {'lp_regression': tuple(2.0 ** k for k in range(-6, 3)),
-              'transformer': tuple(2.0 ** k for k in range(-3, 3))}
+              'transformer': tuple(2.0 ** k for k in range(-3, 6))}
 STEPS = {'lp_regression': 300, 'transformer': 200}
 TASK_SETTINGS = {
     'lp_regression': {'task.depth': 3, 'task.activation': 'tanh', 'task.p': 2, 'task.init_scale': 1.0},
