@@ -63,13 +63,13 @@ def update_sizes(config: ml_collections.ConfigDict) -> dict[str, float]:
   optimizers.parameterization.check(config)
   task = tasks.get(config.task.name)(config)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  abstract_boxed = jax.eval_shape(task.init, init_rng)
-  params, model_state = nn.unbox(task.init(init_rng))
+  boxed = task.init(init_rng)
+  params, model_state = nn.unbox(boxed)
   multipliers = loop.width_multipliers(config, task, params)
   if multipliers is not None:
     params = optimizers.parameterization.apply_init(params, multipliers.init)
   schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate, config.num_steps)
-  tx = optimizers.build(config.optimizer, schedule, loop.loss_context(config, task, abstract_boxed),
+  tx = optimizers.build(config.optimizer, schedule, loop.loss_context(config, task, boxed),
                         multipliers)
   batch = {k: jnp.asarray(v) for k, v in next(task.train_data(0, 1, 0)).items()}
 
