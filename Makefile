@@ -36,18 +36,25 @@ diagnostics: $(STAMP)
 	done
 	$(PY) -m results.compare $(DIAGNOSTICS) --out results/diagnostics_tiny
 
-# muP width transfer: learning-rate sweeps at 4 widths under standard and mup, for Adam, Shampoo and
-# K-FAC on the tiny Transformer and an MLP (launch/sweeps/width_transfer.py); resumable (finished
-# trials are kept). results/width_transfer/ holds what it wrote (table.md and transfer.png).
+# muP width transfer: learning-rate sweeps at 3-4 widths under standard and mup, for Adam, Shampoo and
+# K-FAC on the tiny Transformer and an MLP (launch/sweeps/width_transfer.py), then K-FAC on the MLP
+# without its norm constraint and with the damping swept (width_transfer_damping.py, at the rate
+# best at the base width); resumable (finished trials are kept). results/width_transfer/ holds what
+# it wrote (table.md and transfer.png).
 WIDTH_TRANSFER := runs/sweeps
 PARALLEL ?= 2
+SWEEP = $(PY) -m launch.sweep --parallel=$(PARALLEL)
 width-transfer: $(STAMP)
 	for config in lp_regression_adam lp_regression_shampoo lp_regression_kfac \
 	              transformer_adam transformer_shampoo transformer_kfac; do \
-	  $(PY) -m launch.sweep --config=configs/$$config.py:tiny --sweep=launch/sweeps/width_transfer.py \
-	      --parallel=$(PARALLEL) --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-$$config || exit 1; \
+	  $(SWEEP) --config=configs/$$config.py:tiny --sweep=launch/sweeps/width_transfer.py \
+	      --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-$$config || exit 1; \
 	done
-	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer-* --out results/width_transfer
+	$(SWEEP) --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer.py \
+	    --set optimizer.norm_constraint=0 --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-unclipped
+	$(SWEEP) --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer_damping.py \
+	    --set optimizer.learning_rate=0.00625 --sweep_dir=$(WIDTH_TRANSFER)/width_transfer_damping-lp_regression_kfac
+	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer* --out results/width_transfer
 
 # The one-step coordinate check (trainer/coord_check.py): a table of width exponents per optimizer.
 coord-check: $(STAMP)

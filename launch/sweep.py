@@ -1,7 +1,7 @@
 """Runs a sweep: every trial of a search space as its own `main.py` run.
 
     python -m launch.sweep --config=configs/transformer_shampoo.py:tiny \\
-        --sweep=launch/sweeps/lr.py --backend=local [--parallel=2] [--dry_run]
+        --sweep=launch/sweeps/lr.py --backend=local [--parallel=2] [--dry_run] [--set KEY=VALUE ...]
 
 A sweep file (next to the configs, in launch/sweeps/) defines
 `get_sweep(config) -> dict(space=..., trials=..., seeds=..., fixed=..., sample_seed=...)`
@@ -11,9 +11,15 @@ a workdir `<sweep_dir>/<trial id>` named by its values, and `sweep.json` in the
 sweep dir indexes them. A trial whose workdir holds a finished run (completed,
 reached_target, diverged) is skipped, so a re-run resumes the sweep: an
 interrupted trial resumes from its checkpoint, a finished one is never repeated.
+`--set optimizer.norm_constraint=0` runs the same sweep with a setting changed in the base
+config and every trial (a value the sweep varies is the trial's; a grid the sweep file
+derives from it moves with it, and trials the moved grid shares are not rerun). Give it
+its own --sweep_dir: sweep.json records it under `set`, and results views label the
+sweep's runs by it.
 """
 
 import argparse
+import ast
 import copy
 import dataclasses
 import hashlib
@@ -97,6 +103,24 @@ def _trial_id(point: dict[str, Any], seed: int) -> str:
   return name
 
 
+def parse_settings(items: list[str] | None) -> dict[str, Any]:
+  """`KEY=VALUE` strings as overrides: VALUE a Python literal (0, 1e-3, 'x', (1, 2)) or else a string."""
+  settings = {}
+  for item in items or []:
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+      raise SweepError(f'--set {item}: expected KEY=VALUE, e.g. optimizer.norm_constraint=0')
+    try:
+      settings[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      settings[key] = text
+  return settings
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+  return ' '.join(f'{key}={format_value(value)}' for key, value in settings.items()) or '(none)'
+
+
 def _check(config, overrides: dict[str, Any]) -> None:
   """Each override names a field of the config and has its type, as main.py would require."""
   for key, value in overrides.items():
@@ -108,8 +132,9 @@ def _check(config, overrides: dict[str, Any]) -> None:
       raise SweepError(f'{key}={value!r}: {e}') from None
 
 
-def trials(config, sweep: dict, sweep_dir: str) -> list[Trial]:
-  """The sweep's trials; each one's overrides are checked against the config (keys and types)."""
+def trials(config, sweep: dict, sweep_dir: str, settings: dict[str, Any] | None = None) -> list[Trial]:
+  """The sweep's trials, with `settings` (--set) over its fixed values (a value it varies is the
+  trial's); each one's overrides are checked against the config (keys and types)."""
   unknown = set(sweep) - set(SWEEP_KEYS)
   if unknown:
     raise SweepError(f'get_sweep() returned unknown keys {sorted(unknown)}; expected {", ".join(SWEEP_KEYS)}')
@@ -117,7 +142,7 @@ def trials(config, sweep: dict, sweep_dir: str) -> list[Trial]:
   if 'seed' in space:
     raise SweepError("'seed' belongs in seeds=[...], not in the space")
   seeds = list(sweep.get('seeds') or [config.seed])
-  fixed = dict(sweep.get('fixed') or {})
+  fixed = {**(sweep.get('fixed') or {}), **{k: v for k, v in (settings or {}).items() if k not in space}}
   try:
     points = spaces.points(space, sweep.get('trials'), sweep.get('sample_seed', 0))
   except ValueError as e:
@@ -164,6 +189,9 @@ class Index:
       if old.get('config') != header['config']:
         raise SweepError(f'{sweep_dir} holds a sweep of {old.get("config")}, not {header["config"]}; '
                          f'use another --sweep_dir')
+      if old.get('set', {}) != header['set']:
+        raise SweepError(f'{sweep_dir} holds the sweep with --set {_settings_text(old.get("set", {}))}, '
+                         f'not {_settings_text(header["set"])}; use another --sweep_dir')
       self.entries = {entry['id']: entry for entry in old.get('trials', [])}
     for trial in trial_list:
       self.entries[trial.id] = {'id': trial.id, 'workdir': os.path.basename(trial.workdir),
@@ -202,6 +230,8 @@ def _parse(argv):
   parser.add_argument('--backend', default='local', choices=backends.NAMES)
   parser.add_argument('--sweep_dir', help='default: runs/sweeps/<sweep>-<config>-<size>')
   parser.add_argument('--dry_run', action='store_true', help='print what would run, run nothing')
+  parser.add_argument('--set', action='append', metavar='KEY=VALUE', dest='settings',
+                      help='a config setting for every trial, over the sweep\'s fixed ones (repeatable)')
   parser.add_argument('--parallel', type=int, default=1, help='local: trials at once, devices split among them')
   parser.add_argument('--tpu', help='tpu: the TPU VM (pod slice) name')
   parser.add_argument('--zone', help='tpu: its zone')
@@ -227,14 +257,21 @@ def main(argv=None) -> int:
       raise SweepError(f'give --config: {args.sweep} names no CONFIG')
     config_spec = _from_root(config_spec)
     config, name, size = load_config(config_spec)
+    settings = parse_settings(args.settings)
+    _check(config, settings)
+    config.update_from_flattened_dict(settings)  # the sweep file reads the base config as --set leaves it
     sweep_name = os.path.splitext(os.path.basename(args.sweep))[0]
     sweep_dir = os.path.abspath(args.sweep_dir or os.path.join('runs', 'sweeps', f'{sweep_name}-{name}-{size}'))
-    sweep = module.get_sweep(copy.deepcopy(config))
+    try:
+      sweep = module.get_sweep(copy.deepcopy(config))
+    except Exception as e:  # noqa: BLE001 -- whatever the sweep file raised, in one line
+      raise SweepError(f'{args.sweep}: {type(e).__name__}: {e}') from None
     if not isinstance(sweep, dict):
       raise SweepError(f'{args.sweep}: get_sweep() must return a dict with {", ".join(SWEEP_KEYS)}')
-    trial_list = trials(config, sweep, sweep_dir)
+    trial_list = trials(config, sweep, sweep_dir, settings)
+    shared = {key: value for key, value in settings.items() if key not in (sweep.get('space') or {})}
     header = {'sweep': args.sweep, 'config': config_spec, 'name': name, 'size': size,
-              'fixed': dict(sweep.get('fixed') or {})}
+              'fixed': {**(sweep.get('fixed') or {}), **shared}, 'set': shared}
     index = Index(sweep_dir, header, trial_list)
     backend = backends.create(args, config_spec, sweep_dir)
   except (SweepError, backends.BackendError) as e:

@@ -50,6 +50,7 @@ class Run:
   summary: dict
   overrides: dict = dataclasses.field(default_factory=dict)  # the sweep trial's; {} for a plain run
   sweep: str | None = None  # the sweep directory the run is a trial of
+  settings: dict = dataclasses.field(default_factory=dict)  # its sweep's --set values, shared by every trial
 
   @functools.cached_property
   def metrics(self) -> list[dict]:
@@ -66,9 +67,10 @@ class Run:
 
   @property
   def hyperparameters(self) -> dict:
-    """What makes this run's setting: the sweep overrides except the seed (seeds of a setting are
-    aggregated); for a plain run or a seed-only sweep, the learning rate every optimizer has."""
-    tuned = {key: value for key, value in self.overrides.items() if key != 'seed'}
+    """What makes this run's setting: its sweep's --set values and overrides except the seed (seeds
+    of a setting are aggregated); for a plain run or a seed-only sweep, the learning rate every
+    optimizer has."""
+    tuned = {key: value for key, value in {**self.settings, **self.overrides}.items() if key != 'seed'}
     return tuned or {'optimizer.learning_rate': self.config['optimizer']['learning_rate']}
 
   @property
@@ -124,35 +126,35 @@ def load(paths: Iterable[str]) -> tuple[list[Run], list[str]]:
   A path is a run workdir, a sweep directory, or a directory holding them (searched two levels
   deep). Raises ValueError for a path that does not exist or holds neither.
   """
-  found: dict[str, tuple[str, dict, str | None]] = {}
+  found: dict[str, tuple[str, dict, str | None, dict]] = {}
   for path in paths:
     if not os.path.isdir(path):
       raise ValueError(f'{path}: no such directory')
     candidates = _candidates(os.path.normpath(path), SEARCH_DEPTH)
     if not candidates:
       raise ValueError(f'{path}: holds no run workdir ({CONFIG_FILE}) or sweep ({SWEEP_FILE})')
-    for workdir, overrides, sweep in candidates:
-      key = os.path.realpath(workdir)
-      if key not in found or (sweep and not found[key][2]):  # only its sweep knows its overrides
-        found[key] = (workdir, overrides, sweep)
+    for candidate in candidates:
+      key = os.path.realpath(candidate[0])
+      if key not in found or (candidate[2] and not found[key][2]):  # only its sweep knows its overrides
+        found[key] = candidate
   runs, skipped = [], []
-  for workdir, overrides, sweep in found.values():
+  for workdir, overrides, sweep, settings in found.values():
     if not os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
       skipped.append(f'skipped {workdir}: no {SUMMARY_FILE} (still running or crashed)')
       continue
     summary = _read_json(os.path.join(workdir, SUMMARY_FILE))
     runs.append(Run(workdir=workdir, task=summary['task'], optimizer=summary['optimizer'],
                     name=summary['name'], config=_read_json(os.path.join(workdir, CONFIG_FILE)),
-                    summary=summary, overrides=overrides, sweep=sweep))
+                    summary=summary, overrides=overrides, sweep=sweep, settings=settings))
   return runs, skipped
 
 
-def _candidates(path: str, depth: int) -> list[tuple[str, dict, str | None]]:
-  """(workdir, overrides, sweep dir) of every run workdir or sweep trial at or below `path`."""
+def _candidates(path: str, depth: int) -> list[tuple[str, dict, str | None, dict]]:
+  """(workdir, overrides, sweep dir, --set settings) of every run workdir or sweep trial at or below `path`."""
   if os.path.exists(os.path.join(path, SWEEP_FILE)):
     return _trials(path)
   if os.path.exists(os.path.join(path, CONFIG_FILE)):
-    return [(path, {}, None)]
+    return [(path, {}, None, {})]
   if depth == 0:
     return []
   subdirs = sorted(entry.path for entry in os.scandir(path)
@@ -160,14 +162,14 @@ def _candidates(path: str, depth: int) -> list[tuple[str, dict, str | None]]:
   return [candidate for subdir in subdirs for candidate in _candidates(subdir, depth - 1)]
 
 
-def _trials(sweep_dir: str) -> list[tuple[str, dict, str]]:
-  """The sweep's trials with their overrides, less those every trial shares (`fixed`)."""
+def _trials(sweep_dir: str) -> list[tuple[str, dict, str, dict]]:
+  """The sweep's trials with their overrides, less those every trial shares (`fixed`), and its --set."""
   sweep = _read_json(os.path.join(sweep_dir, SWEEP_FILE))
   fixed = sweep.get('fixed') or {}
   try:
     return [(os.path.join(sweep_dir, trial['workdir']),
              {key: value for key, value in (trial.get('overrides') or {}).items() if key not in fixed},
-             sweep_dir)
+             sweep_dir, dict(sweep.get('set') or {}))
             for trial in sweep['trials']]
   except (KeyError, TypeError) as e:
     raise ValueError(f'{os.path.join(sweep_dir, SWEEP_FILE)}: malformed trials ({e!r})') from None

@@ -56,6 +56,23 @@ def test_trials_are_named_by_their_values_and_checked_against_the_config(tmp_pat
     sweep.trials(config, dict(space={'seed': space.grid(1, 2)}), str(tmp_path))
 
 
+def test_set_overrides_fixed_values_and_never_a_varied_one(tmp_path):
+  config = load_config('lp_regression_adam')
+  spec = dict(space={'optimizer.learning_rate': space.grid(0.01, 0.1)}, fixed={'num_steps': 50, 'task.depth': 1})
+  settings = sweep.parse_settings(['task.depth=2', 'optimizer.learning_rate=0.5', "task.activation='tanh'",
+                                   'parameterization=mup'])
+  assert settings == {'task.depth': 2, 'optimizer.learning_rate': 0.5, 'task.activation': 'tanh',
+                      'parameterization': 'mup'}
+  trials = sweep.trials(config, spec, str(tmp_path), settings)
+  assert [t.id for t in trials] == ['learning_rate=0.01,seed=0', 'learning_rate=0.1,seed=0']
+  assert trials[1].overrides == {'num_steps': 50, 'task.depth': 2, 'task.activation': 'tanh',
+                                 'parameterization': 'mup', 'optimizer.learning_rate': 0.1, 'seed': 0}
+  with pytest.raises(sweep.SweepError, match='expected KEY=VALUE'):
+    sweep.parse_settings(['task.depth'])
+  with pytest.raises(sweep.SweepError, match="task.depth='two'"):
+    sweep.trials(config, spec, str(tmp_path), sweep.parse_settings(['task.depth=two']))
+
+
 SWEEP_FILE = '''
 from launch import space
 
@@ -121,6 +138,10 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path):
 
   again = launch_sweep(sweep_file, sweep_dir)
   assert again.returncode == 0 and '3 already finished, 0 to run' in again.stdout
+  changed = launch_sweep(sweep_file, sweep_dir, '--set', 'optimizer.eps=1e-6')  # its finished runs are not these
+  assert changed.returncode == 2 and 'holds the sweep with --set (none), not optimizer.eps=1e-06' in changed.stderr
+  varied = launch_sweep(sweep_file, sweep_dir, '--set', 'optimizer.learning_rate=0.5')  # each trial sets its own
+  assert varied.returncode == 0 and '3 already finished, 0 to run' in varied.stdout
 
   # results.compare reads the sweep: its best trial (steps to target, then final loss) is the adam row.
   reached = [e for e in entries.values() if e['steps_to_target'] is not None]
@@ -179,3 +200,11 @@ def test_empty_space_fails_with_one_line(tmp_path):
   sweep_file.write_text('def get_sweep(config):\n  return dict(space={})\n')
   result = launch_sweep(sweep_file, str(tmp_path / 'sweep'))
   assert result.returncode == 2 and 'error: the search space is empty' in result.stderr
+
+
+def test_sweep_file_errors_are_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'launch.sweep', f'--config={LP}', '--dry_run',
+                           '--sweep=launch/sweeps/width_transfer_damping.py', f'--sweep_dir={tmp_path}/sweep'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert "width_transfer_damping sweeps the damping of kfac, shampoo, not 'adam'" in result.stderr

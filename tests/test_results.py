@@ -260,9 +260,9 @@ def test_notebook_runs_top_to_bottom(bench, capsys):
   assert 'skipped ' in out and '| shampoo | 260 (200–320) | 0.650 |' in out
 
 
-def write_width_sweep(sweep_dir, parameterization: str, best_lr_of_width) -> None:
-  """A width_transfer sweep whose final loss is (log2 lr - log2 best lr of the width)^2 + 0.1; the
-  largest learning rate at the widest width diverged."""
+def write_width_sweep(sweep_dir, parameterization: str, best_lr_of_width, settings=None) -> None:
+  """A width_transfer sweep (run with `--set settings`) whose final loss is (log2 lr - log2 best lr
+  of the width)^2 + 0.1; the largest learning rate at the widest width diverged."""
   trials = []
   widths, lrs = (64, 128, 256, 512), [0.01 * 2.0 ** k for k in range(-3, 2)]
   for width in widths:
@@ -279,16 +279,23 @@ def write_width_sweep(sweep_dir, parameterization: str, best_lr_of_width) -> Non
       trials.append({'id': trial, 'workdir': trial, 'status': 'completed',
                      'overrides': {'parameterization': parameterization, 'task.width': width,
                                    'optimizer.learning_rate': lr, 'seed': 0}})
-  (sweep_dir / 'sweep.json').write_text(json.dumps({'trials': trials, 'fixed': {'base_width': 64}}))
+  (sweep_dir / 'sweep.json').write_text(json.dumps({'trials': trials, 'fixed': {'base_width': 64, **(settings or {})},
+                                                    'set': settings or {}}))
 
 
 def test_width_transfer_best_rates_drift_and_regret(tmp_path):
   from results import width_transfer
   write_width_sweep(tmp_path / 'standard', 'standard', lambda width: 0.01 * 64 / width)  # optimum ~ 1/width
   write_width_sweep(tmp_path / 'mup', 'mup', lambda width: 0.01)
-  runs, _ = runs_lib.load([str(tmp_path / 'standard'), str(tmp_path / 'mup')])
-  mup, standard = width_transfer.transfers(runs)
+  write_width_sweep(tmp_path / 'mup_eps', 'mup', lambda width: 0.01 * width / 64, {'optimizer.eps': 1e-6})
+  runs, _ = runs_lib.load([str(tmp_path / 'standard'), str(tmp_path / 'mup'), str(tmp_path / 'mup_eps')])
+  mup, standard, mup_eps = width_transfer.transfers(runs)
   assert (standard.parameterization, mup.parameterization) == ('standard', 'mup')
+  assert (mup.label, mup_eps.label, mup_eps.parameterization) == ('adam', 'adam (eps=1e-06)', 'mup')
+  assert {t.hyperparameter for t in (mup, standard, mup_eps)} == {'learning_rate'}
+  # Its optimum doubles with width up to the grid's top (0.02), which diverged at width 512.
+  assert mup_eps.best() == pytest.approx({64: 0.01, 128: 0.02, 256: 0.02, 512: 0.01}) and mup_eps.drift() == 1.0
+  assert {run.hyperparameters['optimizer.eps'] for run in runs if run.settings} == {1e-6}  # compare's label too
   assert standard.best() == pytest.approx({64: 0.01, 128: 0.005, 256: 0.0025, 512: 0.00125})
   assert standard.drift() == pytest.approx(3.0) and mup.drift() == 0.0
   assert standard.regret() == pytest.approx(9.1 / 0.1 - 1)  # lr 0.01 at width 512: 3 octaves off
@@ -301,10 +308,27 @@ def test_width_transfer_best_rates_drift_and_regret(tmp_path):
   assert mup.losses[512][0.02] == math.inf  # the diverged trial
 
   out = tmp_path / 'out'
-  assert width_transfer.main([str(tmp_path / 'standard'), str(tmp_path / 'mup'), '--out', str(out)]) == 0
+  assert width_transfer.main([str(tmp_path / 'standard'), str(tmp_path / 'mup'), str(tmp_path / 'mup_eps'),
+                              '--out', str(out)]) == 0
   table = (out / 'table.md').read_text()
+  assert '| adam (eps=1e-06) | learning_rate | mup | 64: 0.01, 128: 0.02*, 256: 0.02*, 512: 0.01 | 1.00 |' in table
   assert standard.at_edge() == {512} and mup.at_edge() == set()  # 0.00125 is the grid's smallest
-  assert '| lp_regression | adam | standard | 64: 0.01, 128: 0.005, 256: 0.0025, 512: 0.00125* | 3.00 | 90.000 |' in table
-  assert '* at the edge of the learning-rate grid' in table
+  assert ('| lp_regression | adam | learning_rate | standard | 64: 0.01, 128: 0.005, 256: 0.0025, 512: 0.00125* '
+          '| 3.00 | 3.00 | 90.000 |') in table
+  assert '* at the edge of the grid' in table
   assert (out / 'transfer.png').stat().st_size > 10_000
   assert width_transfer.main([str(tmp_path / 'nothing'), '--out', str(out)]) == 2
+
+
+def test_width_transfer_fitted_optimum_is_the_parabolas_vertex():
+  from results import width_transfer
+  grid = [0.01 * 2.0 ** k for k in range(-3, 3)]
+  vertex = {64: math.log2(0.01) + 0.3, 128: math.log2(0.01) - 0.45, 256: math.log2(0.04) + 1}  # 256: past the grid
+  losses = {width: {x: math.exp((math.log2(x) - v) ** 2) for x in grid} for width, v in vertex.items()}
+  losses[128][0.02] = math.inf  # a diverged neighbour: no parabola, the best value
+  t = width_transfer.Transfer('lp_regression', 'kfac', '', 'damping', 'mup', losses, ())
+  assert t.best() == pytest.approx({64: 0.01, 128: 0.01, 256: 0.04})
+  assert t.fitted() == pytest.approx({64: 0.01 * 2 ** 0.3, 128: 0.01, 256: 0.04})
+  losses[128][0.02] = math.exp((math.log2(0.02) - vertex[128]) ** 2)
+  assert t.fitted()[128] == pytest.approx(0.01 * 2 ** -0.45)
+  assert t.drift(fitted=True) == pytest.approx(math.log2(0.04 / (0.01 * 2 ** -0.45)))

@@ -2,7 +2,7 @@
 
     python -m launch.sweep --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer.py
     (and lp_regression_{adam,shampoo}, transformer_{adam,shampoo,kfac}; see `make width-transfer`)
-    python -m results.width_transfer runs/sweeps/width_transfer-* --out=results/width_transfer
+    python -m results.width_transfer runs/sweeps/width_transfer* --out=results/width_transfer
 
 The classic transfer picture (Yang et al. 2022, Fig. 1): the final eval loss against
 the learning rate, one curve per width, under `standard` and `mup`. `base_width` is
