@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo diagnostics width-transfer coord-check test lock clean
+.PHONY: install demo diagnostics width-transfer report coord-check test lock clean
 
 install: $(STAMP)
 
@@ -55,6 +55,18 @@ width-transfer: $(STAMP)
 	$(SWEEP) --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer_damping.py \
 	    --set optimizer.learning_rate=0.00625 --sweep_dir=$(WIDTH_TRANSFER)/width_transfer_damping-lp_regression_kfac
 	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer* --out results/width_transfer
+
+# The reproduction report (results/REPORT.md): per tiny config a learning-rate sweep and 3 seeds of its
+# best rate (launch/report.py; resumable), the optimizer cost table (bench/shampoo_overhead.py on this
+# machine; a results/report/cost_gpu.md written on a GPU is included too), then results/report.py.
+REPORT := runs/report
+report: $(STAMP)
+	$(PY) -m launch.report --root=$(REPORT) --parallel=$(PARALLEL)
+	mkdir -p results/report
+	$(PY) bench/shampoo_overhead.py > results/report/cost_cpu.md.tmp && mv results/report/cost_cpu.md.tmp results/report/cost_cpu.md
+	$(PY) -m results.report $(REPORT) --out=results/REPORT.md --figures=results/report \
+	    --cost=results/report/cost_cpu.md $(if $(wildcard results/report/cost_gpu.md),--cost=results/report/cost_gpu.md) \
+	    $(if $(wildcard results/report_discussion.md),--discussion=results/report_discussion.md)
 
 # The one-step coordinate check (trainer/coord_check.py): a table of width exponents per optimizer.
 coord-check: $(STAMP)

@@ -189,7 +189,7 @@ class Index:
       if old.get('config') != header['config']:
         raise SweepError(f'{sweep_dir} holds a sweep of {old.get("config")}, not {header["config"]}; '
                          f'use another --sweep_dir')
-      if old.get('set', {}) != header['set']:
+      if old.get('set', {}) != json.loads(json.dumps(header['set'])):  # as JSON stores it: a tuple is a list
         raise SweepError(f'{sweep_dir} holds the sweep with --set {_settings_text(old.get("set", {}))}, '
                          f'not {_settings_text(header["set"])}; use another --sweep_dir')
       self.entries = {entry['id']: entry for entry in old.get('trials', [])}
