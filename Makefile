@@ -37,23 +37,34 @@ diagnostics: $(STAMP)
 	$(PY) -m results.compare $(DIAGNOSTICS) --out results/diagnostics_tiny
 
 # muP width transfer: learning-rate sweeps at 3-4 widths under standard and mup, for Adam, Shampoo and
-# K-FAC on the tiny Transformer and an MLP (launch/sweeps/width_transfer.py), then K-FAC on the MLP
-# without its norm constraint and with the damping swept (width_transfer_damping.py, at the rate
-# best at the base width); resumable (finished trials are kept). results/width_transfer/ holds what
-# it wrote (table.md and transfer.png).
+# K-FAC on the tiny Transformer and an MLP (launch/sweeps/width_transfer.py); then, on the MLP, K-FAC
+# without its norm constraint (two grids), with damping 0.01, and with the damping swept
+# (width_transfer_damping.py, at the rate best at the base width); Shampoo ungrafted with whole-matrix
+# statistics (the seed's own rule); and a second seed of K-FAC's. Resumable (finished trials
+# are kept). results/width_transfer/ holds what it wrote (table.md and transfer.png).
 WIDTH_TRANSFER := runs/sweeps
 PARALLEL ?= 2
 SWEEP = $(PY) -m launch.sweep --parallel=$(PARALLEL)
+MLP_SWEEP = $(SWEEP) --sweep=launch/sweeps/width_transfer.py
 width-transfer: $(STAMP)
 	for config in lp_regression_adam lp_regression_shampoo lp_regression_kfac \
 	              transformer_adam transformer_shampoo transformer_kfac; do \
 	  $(SWEEP) --config=configs/$$config.py:tiny --sweep=launch/sweeps/width_transfer.py \
 	      --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-$$config || exit 1; \
 	done
-	$(SWEEP) --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer.py \
-	    --set optimizer.norm_constraint=0 --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-unclipped
+	for rate in 0.05 0.0001; do \
+	  $(MLP_SWEEP) --config=configs/lp_regression_kfac.py:tiny --set optimizer.norm_constraint=0 \
+	      --set optimizer.learning_rate=$$rate --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-unclipped || exit 1; \
+	done
+	$(MLP_SWEEP) --config=configs/lp_regression_kfac.py:tiny --set optimizer.damping=0.01 \
+	    --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-damping0.01
 	$(SWEEP) --config=configs/lp_regression_kfac.py:tiny --sweep=launch/sweeps/width_transfer_damping.py \
 	    --set optimizer.learning_rate=0.00625 --sweep_dir=$(WIDTH_TRANSFER)/width_transfer_damping-lp_regression_kfac
+	$(MLP_SWEEP) --config=configs/lp_regression_shampoo.py:tiny --set optimizer.graft_type=none \
+	    --set optimizer.block_size=512 --set optimizer.merge_small_dims_block_size=1 --set optimizer.learning_rate=0.0008 \
+	    --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_shampoo-ungrafted
+	$(MLP_SWEEP) --config=configs/lp_regression_kfac.py:tiny --set seed=1 \
+	    --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-seed1
 	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer* --out results/width_transfer
 
 # The reproduction report (results/REPORT.md): per tiny config a learning-rate sweep and 3 seeds of its

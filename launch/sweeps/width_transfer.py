@@ -10,8 +10,9 @@ the narrowest width, so there the two parameterizations are the same run. The mo
 is a 3-layer tanh MLP on the lp_regression data with squared error (32 -> width ->
 width -> 1; widths 64..512, learning rates the config's x 2^-6 .. 2^2, 300 steps) or
 the tiny Transformer (d_model 32..128, feed-forward 4x, 4 heads; x 2^-3 .. 2^5, 200
-steps: 200 steps favour large rates). Runs never stop at the target: the loss after a fixed number of steps is the
-quantity that transfers.
+steps: 200 steps favour large rates). Runs never stop at the target: the loss after a fixed
+number of steps is the quantity that transfers. One seed, the config's: `--set seed=1` repeats
+the sweep with another (and `--set optimizer.norm_constraint=0` runs it with a setting changed).
 """
 
 from launch import space
@@ -41,7 +42,7 @@ def get_sweep(config):
       space={'parameterization': space.grid('standard', 'mup'),
              WIDTH_FIELD[task]: space.grid(*WIDTHS[task]),
              'optimizer.learning_rate': space.grid(*(float(f'{learning_rate * f:.3g}') for f in LR_FACTORS[task]))},
-      seeds=[0],
+      seeds=[config.seed],  # `--set seed=1` repeats the sweep with another seed
       fixed={'base_width': WIDTHS[task][0], 'num_steps': steps, 'eval_every': steps, 'log_every': steps // 6,
              'checkpoint_every': steps, 'stop_at_target': False, **TASK_SETTINGS[task]},
   )
