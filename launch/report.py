@@ -1,15 +1,21 @@
-"""The reproduction report's sweeps: per tiny config, a learning-rate sweep, then its best rate with 3 seeds.
+"""The reproduction report's sweeps: per tiny config, tune the learning rate (and damping), then 3 seeds.
 
     python -m launch.report [--configs=transformer_adam,bert_lamb] [--root=runs/report] [--parallel=2]
         [--set KEY=VALUE ...]
 
 For each config `configs/<name>.py:tiny` (default: every task x optimizer config), into
-`<root>/<name>`: launch/sweeps/lr.py (5 rates from 1/10 to 10 times the config's, seed 0, each run
-stopping at its target), then launch/sweeps/seeds.py at the rate that sweep found best (fewest steps
-to target, then the best final metric: results.compare's rule), which adds seeds 1 and 2. Resumable:
-finished trials are kept, so a re-run only runs what is missing. `--set` goes to both stages (a
-test's short runs). Each config's wall time is appended to `<root>/timing.jsonl` (results/report.py,
-which writes REPORT.md from `<root>`, sums it).
+`<root>/<name>`, each stage a launch.sweep into that one directory:
+  1. launch/sweeps/lr.py: 5 rates from 1/10 to 10 times the config's, seed 0, each run stopping
+     at its target;
+  2. for K-FAC and Shampoo, launch/sweeps/damping.py at the best rate: their damping at 1/10
+     and 10 times the config's;
+  3. launch/sweeps/seeds.py (or damping_seeds.py) at the best setting so far, adding seeds 1, 2.
+"Best" is by the seed-0 run: fewest steps to target, then the best final metric
+(results.report.choose). Every run has its task's TASK_SETTINGS over the tiny config (shorter
+runs where the tiny config's own would not fit the report's 3-hour budget on 2 CPU cores), then
+`--set` (a test's short runs). Resumable: finished trials are kept, so a re-run only runs what is
+missing. Each config's wall time is appended to `<root>/timing.jsonl` (results/report.py, which
+writes REPORT.md from `<root>`, sums it).
 """
 
 import argparse
@@ -20,35 +26,57 @@ import sys
 import time
 
 from launch import backends, sweep
-from results import compare, runs as runs_lib
-from results.report import TIMING_FILE
+from launch.sweeps import damping
+from results import compare, report as report_md, runs as runs_lib
 
+# Per task, over its tiny config. Targets are what the untuned config reaches in about two thirds
+# of the run, measured on 2 CPU cores (the README's report section has the numbers).
+TASK_SETTINGS = {
+    'transformer': {'num_steps': 400, 'eval_every': 25, 'schedule.warmup_steps': 100,
+                    'target': ('loss', 1.5, 'below'), 'task.bleu_sentences': 0},
+    'bert': {'num_steps': 1000, 'eval_every': 50, 'target': ('mlm_accuracy', 0.19, 'above')},
+    'resnet50': {'num_steps': 300, 'target': ('accuracy', 0.75, 'above')},
+    'dlrm': {'eval_every': 100},
+}
+LEARNING_RATE = report_md.LEARNING_RATE
 CONFIGS = tuple(sorted(os.path.splitext(os.path.basename(path))[0]
                        for path in glob.glob(os.path.join(backends.ROOT, 'configs', '[a-z]*_*.py'))))
 
 
-def best_learning_rate(sweep_dir: str) -> float:
-  """The learning rate of the sweep's best seed-0 run (results.compare.best_per_optimizer): the choice
-  the first stage made, whatever seeds the second added."""
+def best_setting(sweep_dir: str) -> dict:
+  """The swept hyperparameters of the sweep's best setting by its seed-0 run (results.report.choose):
+  the choice each stage makes, whatever seeds a later stage added."""
   runs, _ = runs_lib.load([sweep_dir])
-  runs = [run for run in runs if run.overrides.get('seed') == 0]
-  best = [setting for per in compare.best_per_optimizer(compare.settings(runs)).values() for setting in per.values()]
-  if len(best) != 1:
-    raise sweep.SweepError(f'{sweep_dir}: expected the runs of one task and optimizer, found {len(best)} settings')
-  return best[0].hyperparameters['optimizer.learning_rate']
+  chosen = [setting for per in report_md.choose(compare.settings(runs)).values() for setting in per.values()]
+  if len(chosen) != 1:
+    raise sweep.SweepError(f'{sweep_dir}: expected the runs of one task and optimizer, found {len(chosen)}')
+  return {key: value for key, value in chosen[0].runs[0].overrides.items() if key != 'seed'}
 
 
 def run_config(name: str, root: str, parallel: int, settings: list[str]) -> int:
-  """Both stages for one config; the exit code of the first that failed, else 0."""
+  """The stages for one config; the exit code of the first that failed, else 0."""
+  task, optimizer = name.rsplit('_', 1)
   sweep_dir = os.path.join(root, name)
   common = [f'--config=configs/{name}.py:tiny', f'--sweep_dir={sweep_dir}', f'--parallel={parallel}',
+            *(f'--set={key}={value!r}' for key, value in TASK_SETTINGS.get(task, {}).items()),
             *(f'--set={setting}' for setting in settings)]
-  code = sweep.main(['--sweep=launch/sweeps/lr.py', *common])
+
+  def stage(sweep_file: str, chosen: dict) -> int:
+    return sweep.main([f'--sweep=launch/sweeps/{sweep_file}', *common,
+                       *(f'--set={key}={value!r}' for key, value in chosen.items())])
+
+  code = stage('lr.py', {})
   if code:
     return code
-  learning_rate = best_learning_rate(sweep_dir)
-  print(f'{name}: best learning rate {learning_rate}; its seeds', flush=True)
-  return sweep.main(['--sweep=launch/sweeps/seeds.py', f'--set=optimizer.learning_rate={learning_rate!r}', *common])
+  chosen = best_setting(sweep_dir)
+  if optimizer in damping.FIELD:
+    print(f'{name}: best learning rate {chosen[LEARNING_RATE]}; its damping', flush=True)
+    code = stage('damping.py', chosen)
+    if code:
+      return code
+    chosen = best_setting(sweep_dir)
+  print(f'{name}: best setting {chosen}; its seeds', flush=True)
+  return stage('damping_seeds.py' if len(chosen) > 1 else 'seeds.py', chosen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
       print(f'error: {e}', file=sys.stderr)
       return 2
     seconds = time.monotonic() - start
-    with open(os.path.join(args.root, TIMING_FILE), 'a') as f:
+    with open(os.path.join(args.root, report_md.TIMING_FILE), 'a') as f:
       f.write(json.dumps({'config': name, 'seconds': round(seconds, 1), 'exit_code': code}) + '\n')
     if code:
       return code

@@ -139,8 +139,9 @@ def performance_profile(times: dict[str, dict[str, float]], tau_max: float = 4.0
   return Profile(ratios, sorted(times), float(tau_max))
 
 
-def markdown_table(task: str, best: dict[str, Setting], baseline: str) -> str:
-  """One task's section: a row per optimizer (its best setting), with ratios to `baseline`'s."""
+def markdown_table(task: str, best: dict[str, Setting], baseline: str, rule: str = '') -> str:
+  """One task's section: a row per optimizer (its best setting, by `rule` if not this module's),
+  with ratios to `baseline`'s."""
   runs = [run for setting in best.values() for run in setting.runs]
   targets = {run.target for run in runs}
   target = runs_lib.common_target(runs)
@@ -169,9 +170,9 @@ def markdown_table(task: str, best: dict[str, Setting], baseline: str) -> str:
         ', '.join(f'{key}={value}' for key, value in sorted(setting.hyperparameters.items())),
         '; '.join(_workdir_cell(run) for run in setting.runs),
     ])
-  intro = (f'Target: {target}. A row is the optimizer\'s best setting (fewest median steps to target, '
-           f'then best final {target.metric}); with several seeds, median (min–max), a seed that missed '
-           'the target counting as ∞.')
+  rule = rule or f'fewest median steps to target, then best final {target.metric}'
+  intro = (f'Target: {target}. A row is the optimizer\'s best setting ({rule}); with several seeds, '
+           'median (min–max), a seed that missed the target counting as ∞.')
   return '\n\n'.join([f'## {task}', intro, _table(header, rows), *notes])
 
 

@@ -181,8 +181,45 @@ def test_a_task_that_does_not_register_its_loss_is_named():
                      context(params, batch, unregistered, name='forgetful'))
 
 
+def test_curvature_period_and_subset_equal_kfac_jax_updated_by_hand():
+  """kfac-jax's optax interface refuses curvature_update_period > 1; ours updates the factors every
+  `period` steps from every (32 / 8)-th example: the reference does exactly that by hand."""
+  params, batch, value_fn = dense_problem()
+  hyper = dict(damping=0.1, curvature_ema=0.9, inverse_update_period=1)
+  lr, period, subset = 0.1, 2, 8
+  tx = optimizers.build(optimizers.config('kfac', learning_rate=lr, momentum=0.0, curvature_update_period=period,
+                                          curvature_batch_size=subset, **hyper),
+                        optax.constant_schedule(lr), context(params, batch, value_fn))
+  reference = kfac.kfac_jax().OptaxPreconditioner(
+      value_func=value_fn, distributed_inverses=False, distributed_precon_apply=False, **hyper)
+  rng = jax.random.PRNGKey(0)
+  sub = jax.tree.map(lambda x: x[::32 // subset], batch)
+  ours, theirs = params, params
+  state, reference_state = tx.init(params), reference.init(func_args=(params, {}, rng, batch), rng=rng)
+  update = jax.jit(tx.update)
+  for step in range(5):
+    step_rng = jax.random.fold_in(rng, step)
+    updates, state = update(jax.grad(value_fn)(ours, {}, step_rng, batch), state, ours,
+                            loss_args=(ours, {}, step_rng, batch))
+    ours = optax.apply_updates(ours, updates)
+
+    if step % period == 0:
+      reference_state = reference.maybe_update(reference_state, (theirs, {}, step_rng, sub), step_rng)
+    else:
+      reference_state = reference.maybe_update_inverse_cache(reference_state)
+    direction = reference.apply(jax.grad(value_fn)(theirs, {}, step_rng, batch), reference_state)
+    reference_state = reference.increment_count(reference_state)
+    theirs = jax.tree.map(lambda p, d: p - lr * d, theirs, direction)
+    for name in params:
+      np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
+  with pytest.raises(ConfigError, match='curvature_batch_size=5 must divide the batch'):
+    optimizers.build(optimizers.config('kfac', curvature_batch_size=5), optax.constant_schedule(lr),
+                     context(params, batch, value_fn))
+
+
 @pytest.mark.parametrize('field,value', [
     ('damping', 0.0), ('damping', -1.0), ('curvature_update_period', 0), ('inverse_update_period', 0),
+    ('curvature_batch_size', -1),
     ('curvature_ema', 1.5), ('estimation_mode', 'psychic'), ('norm_constraint', -1.0),
     ('damping_adaptation_interval', 0), ('damping_adaptation_decay', 0.0), ('damping_adaptation_decay', 1.5),
     ('min_damping', -1.0),

@@ -207,4 +207,4 @@ def test_sweep_file_errors_are_one_line(tmp_path):
                            '--sweep=launch/sweeps/width_transfer_damping.py', f'--sweep_dir={tmp_path}/sweep'],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and 'Traceback' not in result.stderr
-  assert "width_transfer_damping sweeps the damping of kfac, shampoo, not 'adam'" in result.stderr
+  assert "the damping sweep is for kfac, shampoo, not 'adam'" in result.stderr

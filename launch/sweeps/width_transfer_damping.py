@@ -13,20 +13,17 @@ base width from the learning-rate sweep (`--set optimizer.learning_rate=...`).
 """
 
 from launch import space
+from launch.sweeps import damping as damping_sweep
 from launch.sweeps import width_transfer
 
 CONFIG = 'configs/lp_regression_kfac.py:tiny'
-DAMPING_FIELD = {'kfac': 'damping', 'shampoo': 'matrix_epsilon'}
 DAMPING_FACTORS = tuple(10.0 ** k for k in range(-2, 3))
 
 
 def get_sweep(config):
-  optimizer = config.optimizer.name
-  if optimizer not in DAMPING_FIELD:
-    raise ValueError(f'width_transfer_damping sweeps the damping of {", ".join(DAMPING_FIELD)}, not {optimizer!r}')
-  field = DAMPING_FIELD[optimizer]
+  field = damping_sweep.key(config.optimizer.name)
   sweep = width_transfer.get_sweep(config)
-  damping = config.optimizer[field]
-  sweep['space'][f'optimizer.{field}'] = space.grid(*(float(f'{damping * f:.3g}') for f in DAMPING_FACTORS))
+  damping = config.optimizer[field.split('.')[1]]
+  sweep['space'][field] = space.grid(*(float(f'{damping * f:.3g}') for f in DAMPING_FACTORS))
   del sweep['space']['optimizer.learning_rate']
   return sweep
