@@ -83,10 +83,12 @@ report: $(STAMP)
 coord-check: $(STAMP)
 	$(PY) bench/coord_check.py
 
-# Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation.
+# Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation. A test
+# file goes to one worker (--dist loadfile), so its module fixtures (trained runs, generated data
+# sets, the report's sweeps) are built once, not once per worker that gets one of its tests.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
 # (tf-keras without its dependencies: it would pull the full tensorflow wheel beside tensorflow-cpu).

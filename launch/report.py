@@ -43,10 +43,13 @@ CONFIGS = tuple(sorted(os.path.splitext(os.path.basename(path))[0]
                        for path in glob.glob(os.path.join(backends.ROOT, 'configs', '[a-z]*_*.py'))))
 
 
-def best_setting(sweep_dir: str) -> dict:
+def best_setting(sweep_dir: str, swept: set[str] | None = None) -> dict:
   """The swept hyperparameters of the sweep's best setting by its seed-0 run (results.report.choose):
-  the choice each stage makes, whatever seeds a later stage added."""
+  the choice each stage makes, whatever seeds a later stage added. `swept`: only among the runs that
+  swept exactly these keys (the learning-rate stage's, not the damping runs a first pass added)."""
   runs, _ = runs_lib.load([sweep_dir])
+  if swept is not None:
+    runs = [run for run in runs if set(run.overrides) - {'seed'} == swept]
   chosen = [setting for per in report_md.choose(compare.settings(runs)).values() for setting in per.values()]
   if len(chosen) != 1:
     raise sweep.SweepError(f'{sweep_dir}: expected the runs of one task and optimizer, found {len(chosen)}')
@@ -68,7 +71,7 @@ def run_config(name: str, root: str, parallel: int, settings: list[str]) -> int:
   code = stage('lr.py', {})
   if code:
     return code
-  chosen = best_setting(sweep_dir)
+  chosen = best_setting(sweep_dir, {LEARNING_RATE})
   if optimizer in damping.FIELD:
     print(f'{name}: best learning rate {chosen[LEARNING_RATE]}; its damping', flush=True)
     code = stage('damping.py', chosen)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -47,6 +48,21 @@ def test_lr_then_damping_sweep_then_three_seeds_of_the_best_and_resume(root, cap
   with open(os.path.join(root, report_md.TIMING_FILE)) as f:
     lines = [json.loads(line) for line in f]
   assert [line['config'] for line in lines] == [CONFIG, CONFIG] and lines[0]['seconds'] > lines[1]['seconds']
+
+
+def test_rate_stage_choice_ignores_damped_runs_on_resume(root, tmp_path):
+  """On a re-run, stage 1 must choose among its own runs: a better damped run (from stage 2) would
+  otherwise move stage 2's grid and start new trials."""
+  sweep_dir = shutil.copytree(os.path.join(root, CONFIG), tmp_path / CONFIG)
+  _, trials = _index(root)
+  damped = next(t for t in trials.values() if EPSILON in t['overrides'] and t['overrides']['seed'] == 0)
+  summary_path = sweep_dir / damped['workdir'] / 'summary.json'
+  summary = json.loads(summary_path.read_text())
+  summary.update(status='reached_target', steps_to_target=1)  # now the best seed-0 run of all
+  summary_path.write_text(json.dumps(summary))
+  rate_stage = {entry['overrides'][LR] for entry in trials.values() if set(entry['overrides']) == {LR, 'seed'}}
+  assert report.best_setting(str(sweep_dir)) == {k: v for k, v in damped['overrides'].items() if k != 'seed'}
+  assert report.best_setting(str(sweep_dir), {LR}) == {LR: min(rate_stage, key=lambda lr: _rank(trials, {LR: lr}))}
 
 
 def _index(root):
