@@ -67,9 +67,10 @@ width-transfer: $(STAMP)
 	    --sweep_dir=$(WIDTH_TRANSFER)/width_transfer-lp_regression_kfac-seed1
 	$(PY) -m results.width_transfer $(WIDTH_TRANSFER)/width_transfer* --out results/width_transfer
 
-# The reproduction report (results/REPORT.md): per tiny config a learning-rate sweep and 3 seeds of its
-# best rate (launch/report.py; resumable), the optimizer cost table (bench/shampoo_overhead.py on this
-# machine; a results/report/cost_gpu.md written on a GPU is included too), then results/report.py.
+# The reproduction report (results/REPORT.md): per tiny config a learning-rate sweep, a damping sweep
+# for K-FAC and Shampoo, and 3 seeds of the best setting (launch/report.py; resumable), the optimizer
+# cost table (bench/shampoo_overhead.py on this machine; a results/report/cost_gpu.md written on a GPU
+# is included too), then results/report.py.
 REPORT := runs/report
 report: $(STAMP)
 	$(PY) -m launch.report --root=$(REPORT) --parallel=$(PARALLEL)

@@ -1,4 +1,4 @@
-"""Seeds of one setting: the base config's learning rate, seeds 0, 1 and 2 (the report's second stage).
+"""Seeds of one setting: the base config's learning rate, seeds 0, 1 and 2 (the report's last stage).
 
     python -m launch.sweep --config=configs/transformer_adam.py:tiny --sweep=launch/sweeps/seeds.py \
         --set optimizer.learning_rate=0.003 --sweep_dir=<the lr.py sweep's directory>
