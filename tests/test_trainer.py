@@ -168,6 +168,21 @@ def test_planted_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
   assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['status'] == 'diverged'
 
 
+def test_non_finite_eval_marks_the_run_diverged(tmp_path, monkeypatch):
+  """A diverging run whose train loss is still finite can evaluate to inf (a Transformer's
+  perplexity): diverged, not a metric writer's traceback."""
+  original = LpRegression.eval_data
+
+  def nan_eval_data(self, *args):
+    for batch in original(self, *args):
+      yield {**batch, 'x': np.full_like(batch['x'], np.nan)}
+
+  monkeypatch.setattr(LpRegression, 'eval_data', nan_eval_data)
+  summary = run(tmp_path, num_steps=30, log_every=10, eval_every=10, checkpoint_every=5)
+  assert summary['status'] == 'diverged' and summary['diverged_at_step'] == 10
+  assert summary['last_checkpoint_step'] == 5
+
+
 def test_finished_run_is_not_rerun(tmp_path):
   first = run(tmp_path, num_steps=10, eval_every=5)
   mtime = os.path.getmtime(tmp_path / 'run' / 'metrics.jsonl')

@@ -436,6 +436,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
       if step % config.eval_every == 0 or step == num_steps:
         with timer.pause('eval', state):
           eval_metrics = full_evaluate(state, step)
+        if not all(np.isfinite(v) for v in eval_metrics.values() if isinstance(v, (int, float))):
+          summary['diverged_at_step'] = step  # a finite train loss can still evaluate to inf
+          status = DIVERGED
+          break
         summary['final_eval'] = eval_metrics
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
         if meta['steps_to_target'] is None and target.reached(eval_metrics):
