@@ -227,7 +227,8 @@ class Translation(Task):
 
   def eval_metrics(self, sums):
     metrics = super().eval_metrics(sums)
-    metrics['perplexity'] = float(np.exp(metrics['loss']))
+    # Capped at float32's largest: TensorBoard writes scalars as float32 (a loss above 88.7 overflowed it).
+    metrics['perplexity'] = float(np.exp(min(metrics['loss'], np.log(np.finfo(np.float32).max))))
     return metrics
 
   def predict(self, params, model_state, batch):

@@ -436,7 +436,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
       if step % config.eval_every == 0 or step == num_steps:
         with timer.pause('eval', state):
           eval_metrics = full_evaluate(state, step)
-        if not all(np.isfinite(v) for v in eval_metrics.values() if isinstance(v, (int, float))):
+        if not all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in eval_metrics.values()):
           summary['diverged_at_step'] = step  # a finite train loss can still evaluate to inf
           status = DIVERGED
           break
