@@ -169,8 +169,8 @@ def test_planted_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 
 def test_non_finite_eval_marks_the_run_diverged(tmp_path, monkeypatch):
-  """A diverging run whose train loss is still finite can evaluate to inf (a Transformer's
-  perplexity): diverged, not a metric writer's traceback."""
+  """A diverging run whose train loss is still finite can evaluate to inf or NaN: diverged, not a
+  metric writer's traceback."""
   original = LpRegression.eval_data
 
   def nan_eval_data(self, *args):
