@@ -21,7 +21,7 @@ def main(*args, cwd=ROOT, **kwargs):
 
 
 def errors(result):
-  """stderr lines that are ours (TensorFlow's C++ start-up chatter aside)."""
+  """stderr lines that are ours."""
   return [line for line in result.stderr.splitlines() if line.startswith('error:')]
 
 
@@ -63,8 +63,8 @@ def test_tiny_run_with_default_workdir_and_overrides(tmp_path):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   result = main(*args, f'--workdir={tmp_path / "run"}')
   assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.splitlines() == errors(result), result.stderr[-2000:]  # nothing but the error
   assert len(errors(result)) == 1 and message in errors(result)[0], result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
 
 
@@ -74,7 +74,8 @@ def test_bad_workdirs(tmp_path):
   for workdir, message in [(afile, 'is not a directory'), (afile / 'sub', 'cannot create workdir'),
                            ('', '--workdir is empty')]:
     result = main(f'--config={ADAM}:tiny', f'--workdir={workdir}')
-    assert result.returncode == 2 and message in errors(result)[0], result.stderr[-2000:]
+    assert result.returncode == 2 and result.stderr.splitlines() == errors(result), result.stderr[-2000:]
+    assert len(errors(result)) == 1 and message in errors(result)[0], result.stderr[-2000:]
   assert afile.read_text() == 'keep me'
 
 
