@@ -4,7 +4,11 @@ import importlib
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+# Compilation is most of a test's few steps: LLVM at -O0 halves it (the suite took 7 min instead of
+# 10 on 2 cores) and leaves the XLA graph, hence the results, as they are.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = ' '.join(
+    [os.environ.get('XLA_FLAGS', ''), TEST_XLA_FLAGS, '--xla_force_host_platform_device_count=8']).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # as main.py: no oneDNN notice on stderr
@@ -24,6 +28,13 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('data'))
   os.environ['SHAMPOO_DATA_DIR'] = path
   return path
+
+
+def subprocess_env(devices: int) -> dict:
+  """This process's environment for a child process that simulates `devices` CPU devices."""
+  flags = [flag for flag in os.environ['XLA_FLAGS'].split()
+           if not flag.startswith('--xla_force_host_platform_device_count=')]
+  return dict(os.environ, XLA_FLAGS=' '.join(flags + [f'--xla_force_host_platform_device_count={devices}']))
 
 
 def load_config(name: str, size: str = 'tiny', **overrides):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 from launch import space, sweep
 
 LP = 'configs/lp_regression_adam.py:tiny'
@@ -85,7 +85,7 @@ def get_sweep(config):
 def launch_sweep(sweep_file, sweep_dir, *args, wait=True):
   command = [sys.executable, '-m', 'launch.sweep', f'--config={LP}', f'--sweep={sweep_file}',
              f'--sweep_dir={sweep_dir}', *args]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')  # trials need no mesh
+  env = subprocess_env(1)  # trials need no mesh
   if wait:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import trainer
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, subprocess_env
 
 LP = dict(name='lp_regression_adam', num_steps=20, eval_every=10, log_every=5, checkpoint_every=10,
           global_batch_size=64)
@@ -42,7 +42,7 @@ def main_args(settings: dict, num_steps: int) -> list[str]:
 def two_processes(settings: dict, num_steps: int, workdir: str) -> None:
   """main.py twice, 2 CPU devices each, joined through a coordinator on 127.0.0.1."""
   address = f'127.0.0.1:{free_port()}'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = subprocess_env(2)
   processes = [subprocess.Popen(
       [sys.executable, 'main.py', *main_args(settings, num_steps), f'--workdir={workdir}',
        f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
