@@ -18,7 +18,7 @@ SETTINGS = ['num_steps=40', 'eval_every=10', 'log_every=10', 'checkpoint_every=1
 @pytest.fixture(scope='module')
 def root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('report'))
-  assert report.main([f'--configs={CONFIG}', f'--root={root}', '--parallel=1', *(f'--set={s}' for s in SETTINGS)]) == 0
+  assert report.main([f'--configs={CONFIG}', f'--root={root}', '--parallel=2', *(f'--set={s}' for s in SETTINGS)]) == 0
   return root
 
 
