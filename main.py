@@ -92,6 +92,7 @@ def main(argv: list[str]) -> None:
     _fail(f'--process_id={_PROCESS_ID.value} must be in 0..{_NUM_PROCESSES.value - 1}')
 
   import trainer  # jax, orbax, clu: only once the command line is known to be sound
+  trainer.host_memory.keep_freed_memory()
   if _MULTIHOST.value or _COORDINATOR.value is not None:
     try:
       trainer.distributed.initialize(*explicit)

@@ -21,7 +21,9 @@ four markdown tables:
    steps. A window must be a multiple of every K so that each one holds exactly
    steps / K root refreshes. Compile seconds, the spread of the 3 windows, the
    refreshes and failed roots counted by the optimizer state, and the final loss
-   are printed beside the time.
+   are printed beside the time. The process keeps freed host memory as main.py does
+   (trainer/host_memory.py): otherwise a step whose temporaries exceed 32 MiB faults
+   them in afresh every step.
 
 2. Arithmetic floor, per step, beside each Shampoo time. For a weight of shape
    (d_1..d_k) cut into blocks b_i = min(d_i, B) (B = block_size = 128, ragged
@@ -72,6 +74,7 @@ import optax  # noqa: E402
 
 import optimizers  # noqa: E402
 from optimizers import kfac, shampoo  # noqa: E402
+from trainer import host_memory  # noqa: E402
 from tasks import losses  # noqa: E402
 
 SIZES = (256, 512, 512, 10)
@@ -258,11 +261,12 @@ def main():
   if bad:
     parser.error(f'--steps={args.steps} is not a multiple of K={bad}: windows would hold unequal refreshes')
   warnings.filterwarnings('ignore', message='.*donated buffers were not usable.*')
+  kept = host_memory.keep_freed_memory()  # as main.py does
 
   device = jax.devices()[0]
   block_size = shampoo.DEFAULTS['block_size']
   print(f'device {device.platform} ({device.device_kind}), {jax.device_count()} device(s), '
-        f'jax {jax.__version__}, {os.cpu_count()} CPUs')
+        f'jax {jax.__version__}, {os.cpu_count()} CPUs; freed host memory kept (trainer.host_memory): {kept}')
   print(f'MLP {"-".join(map(str, SIZES))}, batch {args.batch}, float32; windows of {args.steps} steps '
         f'after {max(KS) + 1} warm-up steps, median of {WINDOWS}\n')
 
