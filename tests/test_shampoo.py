@@ -169,7 +169,8 @@ def test_inverse_pth_root_accuracy(method, p):
 @pytest.mark.parametrize('p', [2, 4, 8])
 def test_scaled_newton_converges_in_a_few_steps_whatever_the_condition_number(p):
   """Scaling M before each step lifts small eigenvalues far faster than the plain iteration, which
-  took 17 steps at condition number 1e6 (p = 4, 13 at 1e4): 11 steps suffice at 1e2..1e6."""
+  took 17 steps at condition number 1e6 (p = 4, 13 at 1e4): 12 suffice at 1e2..1e6 (measured: p = 2
+  needs 12, p = 4 10, p = 8 9)."""
   rng = np.random.default_rng(p)
   matrices = []
   for kappa in (1e0, 1e2, 1e4, 1e6):
@@ -177,7 +178,7 @@ def test_scaled_newton_converges_in_a_few_steps_whatever_the_condition_number(p)
     a = (q * np.logspace(0, -np.log10(kappa), 16)) @ q.T
     matrices.append((a + a.T) / 2)
   matrices = jnp.asarray(np.stack(matrices), jnp.float32)
-  roots, errors = shampoo.inverse_pth_root(matrices, p, epsilon=1e-6, relative_epsilon=True, iterations=11)
+  roots, errors = shampoo.inverse_pth_root(matrices, p, epsilon=1e-6, relative_epsilon=True, iterations=12)
   assert np.all(np.asarray(errors) < 1e-5), errors
   _, too_few = shampoo.inverse_pth_root(matrices, p, epsilon=1e-6, relative_epsilon=True, iterations=5)
   assert np.max(np.asarray(too_few)) > 1e-2  # the cap binds: a slower iteration would fail above
