@@ -20,8 +20,9 @@ Layout for speed and sharding: statistics of all parameters are stacked per
 (block size, exponent) bucket into [n, b, b] arrays, so a statistics update and a
 root refresh are one batched op per bucket, and the trainer can shard the stacks.
 
-Roots: coupled Newton iteration (or eigh), damped by `matrix_epsilon` (times the
-largest eigenvalue, by power iteration, when `relative_matrix_epsilon`); a root with
+Roots: coupled Newton iteration, scaled before each step (or eigh), damped by
+`matrix_epsilon` (times the largest eigenvalue, by power iteration, when
+`relative_matrix_epsilon`); a root with
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
 refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
 updates, inside the jitted step with `lax.cond` (never before the start: unused there).
@@ -121,8 +122,8 @@ def _scaling_table(p: int) -> tuple[np.ndarray, np.ndarray]:
   M's spectrum lies in [a, 1]. Scaling M (and H by s^(1/p), which keeps H^p A = M) to
   [s a, s] before a step leaves the spectrum in [min(f(s a), f(s)), 1], f = `_newton_map`
   (its maximum is f(1) = 1); s maximising that minimum lifts a small eigenvalue
-  s (1 + 1/p)^p-fold instead of (1 + 1/p)^p-fold. s stays below 0.7 (p + 1), where the
-  iteration diverges, by a margin that absorbs an underestimated largest eigenvalue.
+  s (1 + 1/p)^p-fold instead of (1 + 1/p)^p-fold. s is at most 0.7 (p + 1): the iteration
+  diverges at p + 1, and the margin absorbs an underestimated largest eigenvalue.
   """
   log_a = np.linspace(-8.0, 0.0, 161)
   s = np.linspace(1.0, 0.7 * (p + 1), 4001)[None, :]
@@ -134,10 +135,11 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
   """Coupled Newton iteration for a^{-1/p}: H -> a^{-1/p} while M = H^p a -> I.
 
   `largest` ([n]) is each matrix's largest eigenvalue (estimated), `smallest` ([n]) a lower
-  bound on its smallest (its damping). M starts as a / lambda_max, spectrum in [smallest / lambda_max, 1]. Unscaled, an eigenvalue
-  far below 1 grows only (1 + 1/p)^p-fold per step (13 steps at condition number 1e4, 17 at
-  1e6); so while the tracked lower bound of M's spectrum is below 0.9, each step first scales
-  M by `_scaling_table` (then 10-11 steps at either condition number). The error max|M - I|
+  bound on its smallest (its damping). M starts as a / largest, its spectrum in
+  [smallest / largest, 1]. Unscaled, an eigenvalue far below 1 grows only (1 + 1/p)^p-fold per
+  step (p = 4: 13 steps at condition number 1e4, 17 at 1e6); so while the tracked lower bound
+  of M's spectrum is below 0.9, each step first scales M by `_scaling_table` (p = 4: 10 steps
+  at either condition number). The error max|M - I|
   need not fall every step (a scaled step may raise it, and so may the first unscaled one),
   so a matrix stops at the tolerance or once its error grows by more than 20% in a later
   unscaled step (float32 round-off taking over), and keeps its best iterate.
