@@ -21,6 +21,8 @@ import pytest  # noqa: E402
 
 import trainer  # noqa: E402
 
+trainer.host_memory.keep_freed_memory()  # as main.py: in-process runs get its allocator policy
+
 
 @pytest.fixture(scope='session', autouse=True)
 def data_dir(tmp_path_factory):
