@@ -139,17 +139,24 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
   [smallest / largest, 1]. Unscaled, an eigenvalue far below 1 grows only (1 + 1/p)^p-fold per
   step (p = 4: 13 steps at condition number 1e4, 17 at 1e6); so while the tracked lower bound
   of M's spectrum is below 0.9, each step first scales M by `_scaling_table` (p = 4: 10 steps
-  at either condition number). The error max|M - I|
-  need not fall every step (a scaled step may raise it, and so may the first unscaled one),
-  so a matrix stops at the tolerance or once its error grows by more than 20% in a later
-  unscaled step (float32 round-off taking over), and keeps its best iterate.
+  at either condition number). The bound is where the step maps the previous one, or
+  1 - ||M - I||_F once that is larger. The error max|M - I| need not fall every step (a scaled
+  step may raise it, and so may the first unscaled one), so a matrix stops at the tolerance or
+  once its error grows by more than 20% in a later unscaled step (float32 round-off taking
+  over), and keeps its best iterate.
   """
   identity = jnp.eye(a.shape[-1], dtype=a.dtype)
   m = a / largest[:, None, None]
   h = (largest ** (-1.0 / p))[:, None, None] * identity
-  error = jnp.max(jnp.abs(m - identity), axis=(-2, -1))
   log_a, scales = (jnp.asarray(x, a.dtype) for x in _scaling_table(p))
-  lower = jnp.clip(smallest / largest, 10.0 ** log_a[0], 1.0)
+
+  def error_and_bound(m, lower):
+    """max|M - I|, and the spectrum's lower bound raised to 1 - ||M - I||_F where that is larger."""
+    distance = m - identity
+    frobenius = jnp.sqrt(jnp.sum(jnp.square(distance), axis=(-2, -1)))
+    return jnp.max(jnp.abs(distance), axis=(-2, -1)), jnp.maximum(lower, 1 - frobenius)
+
+  error, lower = error_and_bound(m, jnp.clip(smallest / largest, 10.0 ** log_a[0], 1.0))
 
   def keep_going(carry):
     i, *_, active = carry
@@ -157,16 +164,15 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
 
   def step(carry):
     i, m, h, lower, error, best_h, best_error, active = carry
-    lower = jnp.maximum(lower, 1 - jnp.sqrt(jnp.sum(jnp.square(m - identity), axis=(-2, -1))))
     scaled = lower < 0.9
     s = jnp.where(scaled, jnp.interp(jnp.log10(lower), log_a, scales), 1.0)
     expand = lambda x: x[:, None, None]
-    m = expand(s) * m
-    m_i = ((p + 1) * identity - m) / p
-    new_m = jnp.linalg.matrix_power(m_i, p) @ m
+    scaled_m = expand(s) * m
+    m_i = ((p + 1) * identity - scaled_m) / p
+    new_m = jnp.linalg.matrix_power(m_i, p) @ scaled_m
     new_h = expand(s ** (1.0 / p)) * h @ m_i
-    new_lower = jnp.minimum(_newton_map(s * lower, p), _newton_map(s, p))
-    new_error = jnp.max(jnp.abs(new_m - identity), axis=(-2, -1))
+    new_error, new_lower = error_and_bound(
+        new_m, jnp.minimum(_newton_map(s * lower, p), _newton_map(s, p)))
     better = active & (new_error < best_error)
     return (i + 1, jnp.where(expand(active), new_m, m), jnp.where(expand(active), new_h, h),
             jnp.where(active, new_lower, lower), jnp.where(active, new_error, error),
