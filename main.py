@@ -19,7 +19,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs import ConfigError
+from errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, with its size: configs/<task>_<optimizer>.py[:tiny|:paper].',

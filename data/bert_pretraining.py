@@ -59,7 +59,7 @@ import sentencepiece as spm
 import tensorflow as tf
 from absl import logging
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4

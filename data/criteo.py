@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches
 
 NUM_DENSE, NUM_SPARSE = 13, 26

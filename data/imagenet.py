@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import ConfigError
+from errors import ConfigError
 
 DATASET = 'imagenet2012'
 TRAIN_SPLIT, EVAL_SPLIT = 'train', 'validation'

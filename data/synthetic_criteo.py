@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from configs import ConfigError
+from errors import ConfigError
 from data import criteo
 
 BAYES = 'bayes.json'

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import ConfigError
+from errors import ConfigError
 from data import imagenet, tfds_writer
 
 VERSION = '5.1.0'  # the version of tfds' registered imagenet2012 builder

@@ -26,7 +26,7 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches
 
 DATASET = 'wmt14_translate/fr-en'

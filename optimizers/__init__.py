@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from configs import ConfigError
+from errors import ConfigError, check_range
 from optimizers import first_order
 from optimizers import kfac
 from optimizers import parameterization
@@ -79,9 +79,9 @@ def config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def _check_common(cfg: ml_collections.ConfigDict) -> None:
-  first_order.check_range(cfg, 'learning_rate', 0.0, None)
-  first_order.check_range(cfg, 'weight_decay', 0.0, None)
-  first_order.check_range(cfg, 'grad_clip_norm', 0.0, None)
+  check_range(cfg, 'learning_rate', 0.0, None)
+  check_range(cfg, 'weight_decay', 0.0, None)
+  check_range(cfg, 'grad_clip_norm', 0.0, None)
   if cfg.weight_decay_mode not in WEIGHT_DECAY_MODES:
     raise ConfigError(f'optimizer.weight_decay_mode={cfg.weight_decay_mode!r}: '
                       f'choose one of {", ".join(WEIGHT_DECAY_MODES)}')

@@ -4,7 +4,7 @@ import jax
 import ml_collections
 import optax
 
-from configs import ConfigError
+from errors import check_range
 
 SGD_DEFAULTS = dict(momentum=0.9, nesterov=False)
 ADAM_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-8)
@@ -13,16 +13,6 @@ ADAGRAD_DEFAULTS = dict(initial_accumulator_value=0.1, eps=1e-7)
 LAMB_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-6)
 # You et al. 2017 (LARS), optax.lars' defaults; MLPerf's ResNet-50 reference also uses momentum 0.9.
 LARS_DEFAULTS = dict(momentum=0.9, nesterov=False, trust_coefficient=0.001, eps=0.0)
-
-
-def check_range(cfg: ml_collections.ConfigDict, field: str, low, high, *, high_inclusive=False):
-  """Rejects cfg.<field> outside [low, high) (or [low, high]) naming the field."""
-  value = cfg[field]
-  too_high = high is not None and (value > high if high_inclusive else value >= high)
-  if value < low or too_high:
-    upper = 'inf' if high is None else high
-    bracket = ']' if high_inclusive else ')'
-    raise ConfigError(f'optimizer.{field}={value} is outside [{low}, {upper}{bracket}')
 
 
 def decay_mask(decay_rank1: bool):

@@ -38,8 +38,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from configs import ConfigError
-from optimizers.first_order import check_range
+from errors import ConfigError, check_range
 
 DEFAULTS = dict(
     damping=1e-3,                      # Tikhonov damping added to the curvature (factored, pi-adjusted)

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from configs import ConfigError
+from errors import ConfigError
 from optimizers import shampoo
 
 PARAMETERIZATIONS = ('standard', 'mup')

@@ -4,7 +4,7 @@ import ml_collections
 import optax
 import jax.numpy as jnp
 
-from configs import ConfigError
+from errors import ConfigError
 
 DECAYS = ('constant', 'linear', 'cosine', 'rsqrt', 'polynomial')
 

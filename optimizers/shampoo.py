@@ -42,8 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs import ConfigError
-from optimizers.first_order import check_range
+from errors import ConfigError, check_range
 
 DEFAULTS = dict(
     block_size=128,

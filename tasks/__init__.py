@@ -2,7 +2,7 @@
 
 import importlib
 
-from configs import ConfigError
+from errors import ConfigError
 from tasks.base import Task
 
 REGISTRY = {

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import ConfigError
+from errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 # How a parameter's fan-in / fan-out grow with the width: no / yes, yes / yes, yes / no, no / no.

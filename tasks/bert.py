@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, bert_pretraining, synthetic_text
 from tasks import layers, losses
 from tasks.base import Task, preset_fields, width_ratio

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import ConfigError
+from errors import ConfigError
 
 Dtype = Any
 NEG_INF = -1e9

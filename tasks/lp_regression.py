@@ -19,7 +19,7 @@ import os
 import flax.linen as nn
 import jax.numpy as jnp
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, gas_sensor
 from tasks import losses
 from tasks.base import Task

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
-from configs import ConfigError
+from errors import ConfigError
 from data import imagenet, synthetic_imagenet
 from tasks import losses
 from tasks.base import Task, width_ratio

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import sacrebleu
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, synthetic_translation, wmt
 from tasks import beam_search, layers, losses
 from tasks.base import Task, preset_fields, width_ratio

@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 import tensorflow as tf
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, bert_pretraining as bp, synthetic_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

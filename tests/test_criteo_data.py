@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, criteo, synthetic_criteo
 
 SIZES = [2, 3, 10, 1000, 2 ** 31 - 1] + [97] * 21

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import trainer
-from configs import ConfigError
+from errors import ConfigError
 from conftest import assert_sharded_run_matches_one_device, load_config
 from data import criteo
 from tasks.dlrm import ROW_ALIGNMENT, ClickThrough, Dlrm, ModelConfig

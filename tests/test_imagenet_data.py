@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import ConfigError
+from errors import ConfigError
 from data import imagenet, synthetic_imagenet
 
 NUM_CLASSES, TRAIN_PER_CLASS, EVAL_PER_CLASS, SEED = 4, 24, 6, 3

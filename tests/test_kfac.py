@@ -10,7 +10,7 @@ import pytest
 
 import optimizers
 import trainer
-from configs import ConfigError
+from errors import ConfigError
 from conftest import load_config
 from optimizers import kfac
 from tasks import losses

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import optimizers
-from configs import ConfigError
+from errors import ConfigError
 from optimizers import schedules
 
 

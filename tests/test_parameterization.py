@@ -9,7 +9,7 @@ import pytest
 import optimizers
 import tasks
 import trainer
-from configs import ConfigError
+from errors import ConfigError
 from conftest import load_config
 from optimizers import parameterization
 from trainer import coord_check

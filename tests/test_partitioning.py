@@ -5,7 +5,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import ConfigError
+from errors import ConfigError
 from optimizers import shampoo
 from trainer import partitioning
 

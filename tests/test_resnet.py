@@ -10,7 +10,7 @@ import pytest
 
 import optimizers
 import trainer
-from configs import ConfigError
+from errors import ConfigError
 from conftest import assert_sharded_run_matches_one_device, load_config
 from tasks.resnet import MODELS, ImageClassification, ModelConfig, ResNet
 

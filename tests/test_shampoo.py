@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ConfigError
+from errors import ConfigError
 from optimizers import shampoo
 
 # Full-matrix Shampoo alone: no grafting, momentum, merging or delay, and a fixed (absolute) ridge.

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import trainer
-from configs import ConfigError
+from errors import ConfigError
 from conftest import ROOT, load_config
 from tasks.lp_regression import LpRegression
 

@@ -5,7 +5,7 @@ import pytest
 import sentencepiece as spm
 import tensorflow_datasets as tfds
 
-from configs import ConfigError
+from errors import ConfigError
 from data import batches, synthetic_translation, wmt
 
 NUM_TRAIN, NUM_EVAL, SEED, VOCAB_SIZE = 3000, 200, 7, 400

@@ -22,7 +22,7 @@ import optax
 
 import optimizers
 import tasks
-from configs import ConfigError
+from errors import ConfigError
 from trainer import loop
 
 # Per optimizer: its tiny lp_regression config, and the settings that make one step show its scaling

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import ConfigError
+from errors import ConfigError
 from optimizers import shampoo
 
 def check(cfg: ml_collections.ConfigDict) -> None:

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import optimizers
 import tasks
-from configs import ConfigError
+from errors import ConfigError
 from trainer import diagnostics, partitioning, timing, workdir as workdirs, writers
 from trainer.checkpoints import Checkpointer
 

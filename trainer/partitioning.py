@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from configs import ConfigError
+from errors import ConfigError
 
 BATCH_AXIS = 'data'
 

@@ -5,7 +5,7 @@ import os
 
 import ml_collections
 
-from configs import ConfigError
+from errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 SUMMARY_FILE = 'summary.json'

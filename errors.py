@@ -1,0 +1,20 @@
+"""The project's error for settings a run cannot honour, and the checks every room shares.
+
+It sits at the leaf of the import graph: configs, tasks, optimizers, data, the trainer
+and the launchers all raise `ConfigError`, and `main.py` turns it into one line on
+stderr and exit code 2.
+"""
+
+
+class ConfigError(ValueError):
+  """A setting the run cannot honour; the message names the field."""
+
+
+def check_range(block, field: str, low, high, *, high_inclusive: bool = False, prefix: str = 'optimizer'):
+  """Rejects block[field] outside [low, high) (or [low, high]), naming `prefix.field`."""
+  value = block[field]
+  too_high = high is not None and (value > high if high_inclusive else value >= high)
+  if value < low or too_high:
+    upper = 'inf' if high is None else high
+    bracket = ']' if high_inclusive else ')'
+    raise ConfigError(f'{prefix}.{field}={value} is outside [{low}, {upper}{bracket}')
