@@ -1,7 +1,7 @@
 """The BERT task block and run lengths shared by its per-optimizer configs.
 
 `paper`: BERT-Large (Devlin et al. 2019) pre-trained on text prepared with
-`python -m data.bert_pretraining` into <data_dir>/bert_pretraining (see README),
+`python -m data.prepare_bert` into <data_dir>/bert_pretraining (see README),
 phase 1 (sequence length 128, 20 predictions per sequence; phase 2 is
 `--config.task.max_seq_length=512 --config.task.max_predictions_per_seq=76` on data
 prepared at that length). Target: masked-LM accuracy 0.720, MLPerf's BERT target

@@ -13,11 +13,14 @@ each generated vocabulary, one pass over 384k lines.
 import ml_collections
 
 from configs import base
-from data import synthetic_criteo
 
 PAPER_TABLE_SIZES = (39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346,
                      10, 2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972,
                      108, 36)
+# 2v + 1 rows for each vocabulary v of the generated set (data/synthetic_criteo.py VOCAB_SIZES);
+# tests/test_dlrm.py checks they agree.
+TINY_TABLE_SIZES = (2001, 1001, 10001, 4001, 401, 49, 2401, 601, 7, 10001, 5001, 6001, 3001, 51, 5001,
+                    8001, 21, 3001, 4001, 9, 10001, 31, 25, 6001, 101, 5001)
 
 
 def get_config(size: str) -> ml_collections.ConfigDict:
@@ -25,7 +28,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   tiny = size == 'tiny'
   config.task = ml_collections.ConfigDict(dict(
       name='dlrm',
-      table_sizes=tuple(2 * v + 1 for v in synthetic_criteo.VOCAB_SIZES) if tiny else PAPER_TABLE_SIZES,
+      table_sizes=TINY_TABLE_SIZES if tiny else PAPER_TABLE_SIZES,
       embedding_dim=16 if tiny else 128,
       bottom_mlp=(64, 32) if tiny else (512, 256),
       top_mlp=(64, 32) if tiny else (1024, 1024, 512, 256),

@@ -9,13 +9,27 @@ import os
 
 import ml_collections
 
+from configs import optimizer_defaults
+from errors import ConfigError
+
 SIZES = ('tiny', 'paper')
 
 
 def check_size(size: str) -> str:
   if size not in SIZES:
-    raise ValueError(f'unknown size {size!r}: choose one of {", ".join(SIZES)}')
+    raise ConfigError(f'unknown size {size!r}: choose one of {", ".join(SIZES)}')
   return size
+
+
+def optimizer(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The optimizer block: every field `name`'s builder reads, defaults overridden by `overrides`."""
+  if name not in optimizer_defaults.BY_NAME:
+    raise ConfigError(f'unknown optimizer {name!r}; known: {", ".join(sorted(optimizer_defaults.BY_NAME))}')
+  fields = {'name': name, **optimizer_defaults.COMMON, **optimizer_defaults.BY_NAME[name]}
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ConfigError(f'unknown {name} optimizer fields: {", ".join(sorted(unknown))}')
+  return ml_collections.ConfigDict({**fields, **overrides})
 
 
 def default_data_dir() -> str:

@@ -6,13 +6,13 @@ from the categorical models of the masked-LM and next-sentence logits. Values as
 the tiny Transformer (norm constraint as KL clipping), untuned here.
 """
 
-import optimizers
 from configs import _bert
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _bert.get_config(size)
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'kfac', learning_rate=1.0, damping=1e-3, curvature_ema=0.95, curvature_update_period=1,
       inverse_update_period=10, momentum=0.9, norm_constraint=0.01)
   return config

@@ -6,14 +6,14 @@ embedding (vocabulary x features) gets the graft direction only when its vocabul
 exceeds `skip_preconditioning_dim_size_gt` (4096: so in `paper`, not in `tiny`).
 """
 
-import optimizers
 from configs import _bert
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _bert.get_config(size)
   tiny = size == 'tiny'
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'shampoo', learning_rate=2e-3 if tiny else 1e-4, beta1=0.9, beta2=0.99, weight_decay=0.01,
       block_size=128 if tiny else 1024, merge_small_dims_block_size=128 if tiny else 1024,
       graft_type='rmsprop_normalized',

@@ -1,10 +1,10 @@
 """dlrm with Adagrad: `python main.py --config=configs/dlrm_adagrad.py:tiny` (untuned)."""
 
-import optimizers
 from configs import _dlrm
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _dlrm.get_config(size)
-  config.optimizer = optimizers.config('adagrad', learning_rate=0.05)
+  config.optimizer = base.optimizer('adagrad', learning_rate=0.05)
   return config

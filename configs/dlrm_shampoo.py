@@ -9,14 +9,14 @@ about 10x the grafted RMSprop direction, i.e. about Adam at 1e-3. Tiny: AUC 0.78
 1250 with 1e-4, 2000 with 3e-4, 2500 with 1e-3.
 """
 
-import optimizers
 from configs import _dlrm
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _dlrm.get_config(size)
   tiny = size == 'tiny'
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'shampoo', learning_rate=1e-4, beta1=0.9, beta2=0.999, block_size=128 if tiny else 1024,
       skip_preconditioning_dim_size_gt=1024 if tiny else 4096, precondition_embeddings=True,
       merge_small_dims_block_size=128 if tiny else 1024, graft_type='rmsprop_normalized',

@@ -1,10 +1,10 @@
 """lp_regression with ADAGRAD: `python main.py --config=configs/lp_regression_adagrad.py:tiny`."""
 
-import optimizers
 from configs import _lp_regression
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _lp_regression.get_config(size)
-  config.optimizer = optimizers.config('adagrad', learning_rate=0.1)
+  config.optimizer = base.optimizer('adagrad', learning_rate=0.1)
   return config

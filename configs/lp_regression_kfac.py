@@ -15,13 +15,13 @@ Adaptive damping (`adaptive_damping=True`) does not change these: depth 1 still 
 without the constraint), and it does not stop depth 2 diverging without one (README).
 """
 
-import optimizers
 from configs import _lp_regression
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _lp_regression.get_config(size)
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'kfac', learning_rate=0.05, damping=1e-3, curvature_ema=0.95, curvature_update_period=1,
       inverse_update_period=5, momentum=0.9, norm_constraint=0.03)
   return config

@@ -6,13 +6,13 @@ full-matrix Adagrad when beta2 = 1), the setting where preconditioning matters m
 on correlated features.
 """
 
-import optimizers
 from configs import _lp_regression
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _lp_regression.get_config(size)
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'shampoo', learning_rate=0.003, beta1=0.9, beta2=0.999, graft_type='rmsprop_normalized',
       start_preconditioning_step=10, preconditioning_compute_steps=1)
   return config

@@ -4,11 +4,11 @@ Not in the paper's ResNet comparison: run for the same 2512 steps as its first-o
 baselines, lr 1e-3 with decoupled weight decay 1e-4 (untuned at either size).
 """
 
-import optimizers
 from configs import _resnet50
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _resnet50.get_config(size, paper_steps=2512)
-  config.optimizer = optimizers.config('adam', learning_rate=1e-3, weight_decay=1e-4)
+  config.optimizer = base.optimizer('adam', learning_rate=1e-3, weight_decay=1e-4)
   return config

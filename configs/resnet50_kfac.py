@@ -8,14 +8,14 @@ every step from the whole batch took 17.5 s a step on 2 cores (Adam: 0.08 s), so
 updates them every 10 steps from 16 of the 64 images (0.23 s a step).
 """
 
-import optimizers
 from configs import _resnet50
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _resnet50.get_config(size, paper_steps=2512)
   tiny = size == 'tiny'
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'kfac', learning_rate=0.1, damping=1e-3, curvature_ema=0.95,
       curvature_update_period=10 if tiny else 1, curvature_batch_size=16 if tiny else 0,
       inverse_update_period=10, momentum=0.9, norm_constraint=0.01, weight_decay=1e-4)

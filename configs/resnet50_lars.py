@@ -8,14 +8,14 @@ nor trust ratio (MLPerf). `tiny`: lr 5.0 (top-1 0.95 at step 200; lr 1.0 reached
 200-step run).
 """
 
-import optimizers
 from configs import _resnet50
+from configs import base
 
 PAPER_STEPS = 2512
 
 
 def get_config(size: str = 'paper'):
   config = _resnet50.get_config(size, PAPER_STEPS)
-  config.optimizer = optimizers.config('lars', learning_rate=5.0 if size == 'tiny' else 29.0, momentum=0.9,
-                                       trust_coefficient=0.001, weight_decay=1e-4)
+  config.optimizer = base.optimizer('lars', learning_rate=5.0 if size == 'tiny' else 29.0, momentum=0.9,
+                                    trust_coefficient=0.001, weight_decay=1e-4)
   return config

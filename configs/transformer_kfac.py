@@ -10,13 +10,13 @@ log-perplexity after 300 steps (Adam 1.73, Shampoo 0.91): lr 0.01 / constraint 1
 0.1 / 0.1: 1.18; 1.0 / 0.1: 1.95. `paper` uses the same values, untuned at that scale.
 """
 
-import optimizers
 from configs import _transformer
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _transformer.get_config(size)
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'kfac', learning_rate=1.0, damping=1e-3, curvature_ema=0.95, curvature_update_period=1,
       inverse_update_period=10, momentum=0.9, norm_constraint=0.01)
   return config

@@ -3,11 +3,11 @@
 Tiny, a first guess (not tuned): eval log-perplexity 2.05 after 300 steps.
 """
 
-import optimizers
 from configs import _transformer
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _transformer.get_config(size)
-  config.optimizer = optimizers.config('sgd', learning_rate=0.3, momentum=0.9, grad_clip_norm=1.0)
+  config.optimizer = base.optimizer('sgd', learning_rate=0.3, momentum=0.9, grad_clip_norm=1.0)
   return config

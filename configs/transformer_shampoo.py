@@ -9,14 +9,14 @@ each with a full block_size^2 statistic. On the tiny model that turned 24 kernel
 without it (Adam: 109 ms/step; 2-core CPU, roots every 10 steps).
 """
 
-import optimizers
 from configs import _transformer
+from configs import base
 
 
 def get_config(size: str = 'paper'):
   config = _transformer.get_config(size)
   tiny = size == 'tiny'
-  config.optimizer = optimizers.config(
+  config.optimizer = base.optimizer(
       'shampoo', learning_rate=3e-3 if tiny else 1e-3, beta1=0.9, beta2=0.98,
       block_size=128 if tiny else 1024, merge_small_dims_block_size=128 if tiny else 1024,
       graft_type='rmsprop_normalized',

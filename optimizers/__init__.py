@@ -27,18 +27,13 @@ from optimizers import parameterization
 from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
 from optimizers import shampoo
 
-COMMON_DEFAULTS = dict(
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    weight_decay_mode='decoupled',  # decoupled (AdamW-style, scaled by lr) | coupled (L2 added to the gradient)
-    decay_rank1=False,              # also decay rank-1 parameters (biases, norm scales)
-    grad_clip_norm=0.0,             # global-norm clipping threshold; 0 disables
-)
+# The fields every optimizer block has besides its own (defaults: configs/optimizer_defaults.py).
+COMMON_FIELDS = ('learning_rate', 'weight_decay', 'weight_decay_mode', 'decay_rank1', 'grad_clip_norm')
 WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
 
 
 class Optimizer(NamedTuple):
-  defaults: dict
+  fields: tuple[str, ...]  # the hyperparameters `direction` reads from the block
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
   # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
@@ -50,15 +45,15 @@ class Optimizer(NamedTuple):
 
 
 REGISTRY: dict[str, Optimizer] = {
-    'sgd': Optimizer(first_order.SGD_DEFAULTS, first_order.sgd),
-    'adam': Optimizer(first_order.ADAM_DEFAULTS, first_order.adam),
-    'adagrad': Optimizer(first_order.ADAGRAD_DEFAULTS, first_order.adagrad),
-    'lamb': Optimizer(first_order.LAMB_DEFAULTS, first_order.lamb, owns_weight_decay=True),
-    'lars': Optimizer(first_order.LARS_DEFAULTS, first_order.lars, owns_weight_decay=True),
-    'shampoo': Optimizer(shampoo.DEFAULTS,
-                         lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.DEFAULTS}),
+    'sgd': Optimizer(first_order.SGD_FIELDS, first_order.sgd),
+    'adam': Optimizer(first_order.ADAM_FIELDS, first_order.adam),
+    'adagrad': Optimizer(first_order.ADAGRAD_FIELDS, first_order.adagrad),
+    'lamb': Optimizer(first_order.LAMB_FIELDS, first_order.lamb, owns_weight_decay=True),
+    'lars': Optimizer(first_order.LARS_FIELDS, first_order.lars, owns_weight_decay=True),
+    'shampoo': Optimizer(shampoo.FIELDS,
+                         lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.FIELDS}),
                          shampoo.metrics),
-    'kfac': Optimizer(kfac.DEFAULTS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
+    'kfac': Optimizer(kfac.FIELDS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
 }
 
 
@@ -68,14 +63,17 @@ def _lookup(name: str) -> Optimizer:
   return REGISTRY[name]
 
 
-def config(name: str, **overrides) -> ml_collections.ConfigDict:
-  """The optimizer block with every field its builder reads; for config files."""
-  fields = {'name': name, **COMMON_DEFAULTS, **_lookup(name).defaults}
-  unknown = set(overrides) - set(fields)
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects an optimizer block that is not exactly its builder's fields, or holds a bad common value."""
+  optimizer = _lookup(cfg.name)
+  expected = {'name', *COMMON_FIELDS, *optimizer.fields}
+  missing, unknown = expected - set(cfg), set(cfg) - expected
   if unknown:
-    raise ConfigError(f'unknown {name} optimizer fields: {", ".join(sorted(unknown))}')
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+    raise ConfigError(f'unknown {cfg.name} optimizer fields: {", ".join(sorted(unknown))}')
+  if missing:
+    raise ConfigError(f'the {cfg.name} optimizer block lacks {", ".join(sorted(missing))} '
+                      f'(start it from configs.base.optimizer)')
+  _check_common(cfg)
 
 
 def _check_common(cfg: ml_collections.ConfigDict) -> None:
@@ -105,8 +103,8 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   `multipliers` (muP's, from optimizers.parameterization) scale each parameter's step
   after the learning rate, and K-FAC's damping per block.
   """
+  validate(cfg)
   optimizer = _lookup(cfg.name)
-  _check_common(cfg)
   if optimizer.needs_loss:
     if loss is None:
       raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')

@@ -6,13 +6,12 @@ import optax
 
 from errors import check_range
 
-SGD_DEFAULTS = dict(momentum=0.9, nesterov=False)
-ADAM_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-8)
-ADAGRAD_DEFAULTS = dict(initial_accumulator_value=0.1, eps=1e-7)
-# You et al. 2020 (LAMB), as in the MLPerf BERT reference: eps 1e-6.
-LAMB_DEFAULTS = dict(b1=0.9, b2=0.999, eps=1e-6)
-# You et al. 2017 (LARS), optax.lars' defaults; MLPerf's ResNet-50 reference also uses momentum 0.9.
-LARS_DEFAULTS = dict(momentum=0.9, nesterov=False, trust_coefficient=0.001, eps=0.0)
+# The hyperparameters each direction reads; their defaults: configs/optimizer_defaults.py.
+SGD_FIELDS = ('momentum', 'nesterov')
+ADAM_FIELDS = ('b1', 'b2', 'eps')
+ADAGRAD_FIELDS = ('initial_accumulator_value', 'eps')
+LAMB_FIELDS = ADAM_FIELDS
+LARS_FIELDS = ('momentum', 'nesterov', 'trust_coefficient', 'eps')
 
 
 def decay_mask(decay_rank1: bool):

@@ -40,21 +40,10 @@ from absl import logging
 
 from errors import ConfigError, check_range
 
-DEFAULTS = dict(
-    damping=1e-3,                      # Tikhonov damping added to the curvature (factored, pi-adjusted)
-    curvature_ema=0.95,                # EMA of the Kronecker factors
-    curvature_update_period=1,         # steps between factor updates
-    curvature_batch_size=0,            # examples of the batch the factors are estimated from; 0 = all
-    inverse_update_period=5,           # steps between inverse refreshes (the expensive part)
-    estimation_mode='fisher_gradients',  # fisher_gradients | fisher_empirical | fisher_exact | ggn_curvature_prop | ...
-    momentum=0.9,                      # heavy-ball momentum on the preconditioned gradient; 0 disables
-    nesterov=False,
-    norm_constraint=0.0,               # cap the update's squared Fisher norm v'Fv (KL clipping); 0 = off
-    adaptive_damping=False,            # Levenberg-Marquardt adaptation, `damping` its initial value
-    damping_adaptation_interval=5,     # steps between adaptations (kfac-jax's default)
-    damping_adaptation_decay=0.9,      # damping x or / decay**interval when rho > 3/4 or < 1/4 (kfac-jax's)
-    min_damping=1e-8,                  # adaptation keeps the damping at least this (kfac-jax's)
-)
+# The hyperparameters scale_by_kfac reads; their defaults: configs/optimizer_defaults.py.
+FIELDS = ('damping', 'curvature_ema', 'curvature_update_period', 'curvature_batch_size', 'inverse_update_period',
+          'estimation_mode', 'momentum', 'nesterov', 'norm_constraint', 'adaptive_damping',
+          'damping_adaptation_interval', 'damping_adaptation_decay', 'min_damping')
 RHO_LOW, RHO_HIGH = 0.25, 0.75  # kfac-jax's thresholds: raise the damping below, lower it above
 ESTIMATION_MODES = ('fisher_gradients', 'fisher_curvature_prop', 'fisher_exact', 'fisher_empirical',
                     'ggn_curvature_prop', 'ggn_exact')
@@ -78,11 +67,6 @@ def kfac_jax():
   from kfac_jax._src import tag_graph_matcher
   tag_graph_matcher.eval_jaxpr_eqn = _compatible_eval_jaxpr_eqn
   return module
-
-
-def loaded():
-  """kfac_jax if K-FAC has loaded it in this process, else None (its import is slow)."""
-  return kfac_jax() if kfac_jax.cache_info().currsize else None
 
 
 class LossContext(NamedTuple):

@@ -93,7 +93,7 @@ def _row(optimizer: ml_collections.ConfigDict, path: str, shape: tuple[int, ...]
   graft = optimizer.graft_type.removesuffix('_normalized')
   if graft != 'none':
     return GRAFT_ROWS[graft]
-  kind = shampoo.preconditioner_kind(shape, {k: optimizer[k] for k in shampoo.DEFAULTS})
+  kind = shampoo.preconditioner_kind(shape, {k: optimizer[k] for k in shampoo.FIELDS})
   if kind == 'merged':
     raise ConfigError(f'parameterization=mup with ungrafted shampoo: {path} {shape} is preconditioned with merged '
                       f'dimensions or an exponent override, which has no muP rule; set '

@@ -88,3 +88,9 @@ def test_bad_settings_are_refused_before_training(tmp_path):
   with pytest.raises(ConfigError, match='criteo_1tb'):
     trainer.run(load_config('dlrm_adam', 'paper', data_dir=str(tmp_path)), str(tmp_path / 'run'), 'dlrm_adam')
   assert not (tmp_path / 'run').exists()
+
+
+def test_tiny_tables_have_twice_the_generated_vocabularies():
+  from configs import _dlrm
+  from data import synthetic_criteo
+  assert _dlrm.TINY_TABLE_SIZES == tuple(2 * v + 1 for v in synthetic_criteo.VOCAB_SIZES)

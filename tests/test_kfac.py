@@ -1,6 +1,8 @@
 """K-FAC through kfac-jax (optimizers/kfac.py), behind the same optimizer interface."""
 
 import logging
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +12,9 @@ import pytest
 
 import optimizers
 import trainer
+from configs import base
+from conftest import load_config, subprocess_env
 from errors import ConfigError
-from conftest import load_config
 from optimizers import kfac
 from tasks import losses
 
@@ -51,7 +54,7 @@ def test_one_update_equals_kfac_jax_own_preconditioner():
   params, batch, value_fn = dense_problem()
   hyper = dict(damping=1e-2, curvature_ema=0.9, curvature_update_period=1, inverse_update_period=1)
   lr = 0.5
-  tx = optimizers.build(optimizers.config('kfac', learning_rate=lr, momentum=0.0, **hyper),
+  tx = optimizers.build(base.optimizer('kfac', learning_rate=lr, momentum=0.0, **hyper),
                         optax.constant_schedule(lr), context(params, batch, value_fn))
   reference = kfac.kfac_jax().OptaxPreconditioner(
       value_func=value_fn, distributed_inverses=False, distributed_precon_apply=False, **hyper)
@@ -86,7 +89,7 @@ def test_adaptive_damping_equals_kfac_jax_own_optimizer(lr, interval, trend):
   hyper = dict(curvature_ema=0.9, curvature_update_period=1, inverse_update_period=1,
                estimation_mode='fisher_exact')
   tx = optimizers.build(
-      optimizers.config('kfac', learning_rate=lr, momentum=0.0, damping=1e-2, adaptive_damping=True,
+      base.optimizer('kfac', learning_rate=lr, momentum=0.0, damping=1e-2, adaptive_damping=True,
                         damping_adaptation_interval=interval, **hyper),
       optax.constant_schedule(lr), context(params, batch, value_fn))
   reference = kfac.kfac_jax().Optimizer(
@@ -121,7 +124,7 @@ def test_unmatched_parameter_gets_a_diagonal_block_says_so_and_still_trains(capl
   params, batch, value_fn = dense_problem(with_unmatched_scale=True)
   loss = context(params, batch, value_fn)
   with caplog.at_level(logging.INFO):
-    tx = optimizers.build(optimizers.config('kfac', learning_rate=0.1), optax.constant_schedule(0.1), loss)
+    tx = optimizers.build(base.optimizer('kfac', learning_rate=0.1), optax.constant_schedule(0.1), loss)
   line = next(r.getMessage() for r in caplog.records if 'K-FAC blocks' in r.getMessage())
   assert "1 NaiveDiagonal" in line and "no block: ['s'] (NaiveDiagonal)" in line
   assert any(r.levelno == logging.WARNING for r in caplog.records if 'K-FAC blocks' in r.getMessage())
@@ -177,7 +180,7 @@ def test_a_task_that_does_not_register_its_loss_is_named():
     return jnp.mean((jnp.tanh(batch['x'] @ params['w1']) @ params['w2'])[:, 0] - batch['y']) ** 2
 
   with pytest.raises(ConfigError, match="task 'forgetful' does not register its loss"):
-    optimizers.build(optimizers.config('kfac'), optax.constant_schedule(0.1),
+    optimizers.build(base.optimizer('kfac'), optax.constant_schedule(0.1),
                      context(params, batch, unregistered, name='forgetful'))
 
 
@@ -187,7 +190,7 @@ def test_curvature_period_and_subset_equal_kfac_jax_updated_by_hand():
   params, batch, value_fn = dense_problem()
   hyper = dict(damping=0.1, curvature_ema=0.9, inverse_update_period=1)
   lr, period, subset = 0.1, 2, 8
-  tx = optimizers.build(optimizers.config('kfac', learning_rate=lr, momentum=0.0, curvature_update_period=period,
+  tx = optimizers.build(base.optimizer('kfac', learning_rate=lr, momentum=0.0, curvature_update_period=period,
                                           curvature_batch_size=subset, **hyper),
                         optax.constant_schedule(lr), context(params, batch, value_fn))
   reference = kfac.kfac_jax().OptaxPreconditioner(
@@ -213,7 +216,7 @@ def test_curvature_period_and_subset_equal_kfac_jax_updated_by_hand():
     for name in params:
       np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
   with pytest.raises(ConfigError, match='curvature_batch_size=5 must divide the batch'):
-    optimizers.build(optimizers.config('kfac', curvature_batch_size=5), optax.constant_schedule(lr),
+    optimizers.build(base.optimizer('kfac', curvature_batch_size=5), optax.constant_schedule(lr),
                      context(params, batch, value_fn))
 
 
@@ -227,7 +230,7 @@ def test_curvature_period_and_subset_equal_kfac_jax_updated_by_hand():
 def test_bad_hyperparameters_name_the_field(field, value):
   params, batch, value_fn = dense_problem()
   with pytest.raises(ConfigError, match=field):
-    optimizers.build(optimizers.config('kfac', **{field: value}), optax.constant_schedule(0.1),
+    optimizers.build(base.optimizer('kfac', **{field: value}), optax.constant_schedule(0.1),
                      context(params, batch, value_fn))
 
 
@@ -257,7 +260,7 @@ def classification_mlp():
 def mlp_steps_to_loss(name, lr, target=0.02, steps=300, **hyperparameters):
   params, batch, value_fn = classification_mlp()
   loss = context(params, batch, value_fn, 'mlp') if optimizers.needs_loss(name) else None
-  tx = optimizers.build(optimizers.config(name, learning_rate=lr, **hyperparameters),
+  tx = optimizers.build(base.optimizer(name, learning_rate=lr, **hyperparameters),
                         optax.constant_schedule(lr), loss)
 
   @jax.jit
@@ -281,3 +284,19 @@ def test_kfac_trains_an_mlp_in_fewer_steps_than_tuned_sgd():
   sgd = [mlp_steps_to_loss('sgd', lr) for lr in (1.0, 2.0, 3.0)]
   k = [mlp_steps_to_loss('kfac', lr, norm_constraint=0.03) for lr in (0.3, 1.0, 2.0)]
   assert min(s for s in k if s is not None) < min(s for s in sgd if s is not None), (k, sgd)
+
+
+def test_the_kfac_jax_shim_is_still_needed_and_agrees_with_jax():
+  """kfac.kfac_jax() replaces kfac-jax's eval_jaxpr_eqn, written for kfac-jax 0.0.8. When a kfac-jax
+  release evaluates current JAX equations itself, this fails: drop the shim then."""
+  import kfac_jax
+  assert kfac_jax.__version__ == '0.0.8'
+  published = subprocess.run(
+      [sys.executable, '-c', 'import jax, jax.numpy as jnp\n'
+       'from kfac_jax._src import tag_graph_matcher\n'
+       'eqn = jax.make_jaxpr(jnp.sin)(1.0).eqns[0]\n'
+       'print(tag_graph_matcher.eval_jaxpr_eqn(eqn, [1.0]))'],
+      capture_output=True, text=True, env=subprocess_env(1), timeout=120)
+  assert published.returncode != 0 and 'unpack' in published.stderr
+  eqn = jax.make_jaxpr(jnp.sin)(1.0).eqns[0]
+  assert kfac._compatible_eval_jaxpr_eqn(eqn, [1.0])[0] == jnp.sin(1.0)

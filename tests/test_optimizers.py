@@ -6,6 +6,7 @@ import optax
 import pytest
 
 import optimizers
+from configs import base
 from errors import ConfigError
 from optimizers import schedules
 
@@ -54,7 +55,7 @@ def run_updates(cfg, params, grads, steps=1):
 ])
 def test_registered_optimizers_match_optax(name, reference):
   extra = {'nesterov': True} if name == 'sgd' else {}
-  cfg = optimizers.config(name, learning_rate=0.1, **extra)
+  cfg = base.optimizer(name, learning_rate=0.1, **extra)
   params = {'w': jnp.arange(6.0).reshape(2, 3)}
   grads = {'w': jnp.linspace(-1, 1, 6).reshape(2, 3)}
   ours = run_updates(cfg, params, grads, steps=3)
@@ -67,7 +68,7 @@ def test_registered_optimizers_match_optax(name, reference):
 
 
 def test_decoupled_weight_decay_is_adamw_and_skips_rank1():
-  cfg = optimizers.config('adam', learning_rate=0.1, weight_decay=0.5)
+  cfg = base.optimizer('adam', learning_rate=0.1, weight_decay=0.5)
   params = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
   grads = jax.tree.map(jnp.ones_like, params)
   ours = run_updates(cfg, params, grads)
@@ -86,7 +87,7 @@ def test_decoupled_weight_decay_is_adamw_and_skips_rank1():
 ])
 def test_trust_ratio_optimizers_decay_weights_inside_the_ratio(name, extra, reference):
   """Equal to optax's own over 3 steps (constant rate): matrices decayed and rescaled, rank-1 neither."""
-  cfg = optimizers.config(name, learning_rate=0.1, weight_decay=0.5, **extra)
+  cfg = base.optimizer(name, learning_rate=0.1, weight_decay=0.5, **extra)
   params = {'w': jnp.arange(1.0, 7.0).reshape(2, 3), 'b': jnp.ones(3)}
   grads = {'w': jnp.linspace(-1, 1, 6).reshape(2, 3), 'b': jnp.full(3, 0.5)}
   ours = run_updates(cfg, params, grads, steps=3)
@@ -97,12 +98,12 @@ def test_trust_ratio_optimizers_decay_weights_inside_the_ratio(name, extra, refe
     expected = optax.apply_updates(expected, updates)
   for key in params:
     np.testing.assert_allclose(ours[key], expected[key], rtol=1e-6)
-  undecayed = run_updates(optimizers.config(name, learning_rate=0.1, **extra), params, grads, steps=3)
+  undecayed = run_updates(base.optimizer(name, learning_rate=0.1, **extra), params, grads, steps=3)
   assert not np.allclose(undecayed['w'], ours['w'])
 
 
 def test_coupled_weight_decay_adds_l2_to_the_gradient():
-  cfg = optimizers.config('sgd', learning_rate=0.1, momentum=0.0, weight_decay=0.5,
+  cfg = base.optimizer('sgd', learning_rate=0.1, momentum=0.0, weight_decay=0.5,
                           weight_decay_mode='coupled', decay_rank1=True)
   params = {'b': jnp.full(3, 2.0)}
   ours = run_updates(cfg, params, {'b': jnp.zeros(3)})
@@ -110,7 +111,7 @@ def test_coupled_weight_decay_adds_l2_to_the_gradient():
 
 
 def test_clipping_bounds_the_update():
-  cfg = optimizers.config('sgd', learning_rate=1.0, momentum=0.0, grad_clip_norm=1.0)
+  cfg = base.optimizer('sgd', learning_rate=1.0, momentum=0.0, grad_clip_norm=1.0)
   ours = run_updates(cfg, {'w': jnp.zeros(4)}, {'w': jnp.full(4, 10.0)})
   assert float(jnp.linalg.norm(ours['w'])) == pytest.approx(1.0, rel=1e-5)
 
@@ -121,13 +122,32 @@ def test_clipping_bounds_the_update():
     ('sgd', 'weight_decay_mode', 'sideways'),
 ])
 def test_bad_hyperparameters_name_the_field(name, field, value):
-  cfg = optimizers.config(name, **{field: value})
+  cfg = base.optimizer(name, **{field: value})
   with pytest.raises(ConfigError, match=field):
     optimizers.build(cfg, optax.constant_schedule(0.1))
 
 
 def test_unknown_optimizer_and_field():
   with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
-    optimizers.config('lion')
+    base.optimizer('lion')
   with pytest.raises(ConfigError, match='b3'):
-    optimizers.config('adam', b3=0.1)
+    base.optimizer('adam', b3=0.1)
+
+
+@pytest.mark.parametrize('name', sorted(optimizers.REGISTRY))
+def test_config_defaults_hold_exactly_the_fields_each_builder_reads(name):
+  assert set(base.optimizer(name)) == {'name', *optimizers.COMMON_FIELDS, *optimizers.REGISTRY[name].fields}
+
+
+def test_a_block_that_is_not_its_builders_fields_is_refused():
+  cfg = base.optimizer('adam')
+  with cfg.unlocked():
+    del cfg['b2']
+  with pytest.raises(ConfigError, match='lacks b2'):
+    optimizers.build(cfg, optax.constant_schedule(0.1))
+  cfg = base.optimizer('adam')
+  cfg.momentum = 0.9
+  with pytest.raises(ConfigError, match='unknown adam optimizer fields: momentum'):
+    optimizers.build(cfg, optax.constant_schedule(0.1))
+  with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
+    optimizers.validate(ml_collections.ConfigDict(dict(name='lion')))

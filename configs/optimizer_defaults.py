@@ -1,0 +1,63 @@
+"""Every hyperparameter an optimizer's builder reads, with its default.
+
+Config files start their optimizer block from here (`base.optimizer(name, ...)`), so
+that `--config.optimizer.<field>=...` can override any field of any config. The
+optimizer registry (optimizers/__init__.py) checks a block against the fields its
+builder reads; a test keeps the two lists equal.
+"""
+
+COMMON = dict(
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    weight_decay_mode='decoupled',  # decoupled (AdamW-style, scaled by lr) | coupled (L2 added to the gradient)
+    decay_rank1=False,              # also decay rank-1 parameters (biases, norm scales)
+    grad_clip_norm=0.0,             # global-norm clipping threshold; 0 disables
+)
+
+BY_NAME = {
+    'sgd': dict(momentum=0.9, nesterov=False),
+    'adam': dict(b1=0.9, b2=0.999, eps=1e-8),
+    'adagrad': dict(initial_accumulator_value=0.1, eps=1e-7),
+    # You et al. 2020 (LAMB), as in the MLPerf BERT reference: eps 1e-6.
+    'lamb': dict(b1=0.9, b2=0.999, eps=1e-6),
+    # You et al. 2017 (LARS), optax.lars' defaults; MLPerf's ResNet-50 reference also uses momentum 0.9.
+    'lars': dict(momentum=0.9, nesterov=False, trust_coefficient=0.001, eps=0.0),
+    'shampoo': dict(
+        block_size=128,
+        beta1=0.9,                          # momentum on the grafted direction; 0 disables
+        beta2=0.999,                        # statistics EMA; 1.0 = Adagrad-style sums
+        diagonal_epsilon=1e-10,             # graft (Adagrad / RMSprop) denominator
+        matrix_epsilon=1e-6,                # root damping
+        relative_matrix_epsilon=True,       # damping x largest eigenvalue of the statistic
+        start_preconditioning_step=10,      # graft alone before this many updates
+        preconditioning_compute_steps=1,    # refresh roots every k updates
+        statistics_compute_steps=1,         # update statistics every k updates
+        graft_type='rmsprop_normalized',    # none | sgd | adagrad | rmsprop | <those>_normalized
+        nesterov=True,
+        moving_average_for_momentum=False,  # m = b1 m + (1-b1) u instead of b1 m + u
+        exponent_override=0,                # root exponent p for every statistic; 0 = 2 x rank
+        inverse_failure_threshold=0.1,      # Newton error above this keeps the previous root
+        skip_preconditioning_dim_size_gt=4096,
+        precondition_embeddings=False,      # statistics on the other dims of a parameter with a skipped dim
+        merge_small_dims_block_size=4096,
+        root_method='newton',               # newton | eigh
+        newton_iterations=100,
+        newton_tolerance=1e-6,
+        statistics_dtype='float32',         # float32 | bfloat16 (statistics and roots)
+    ),
+    'kfac': dict(
+        damping=1e-3,                      # Tikhonov damping added to the curvature (factored, pi-adjusted)
+        curvature_ema=0.95,                # EMA of the Kronecker factors
+        curvature_update_period=1,         # steps between factor updates
+        curvature_batch_size=0,            # examples of the batch the factors are estimated from; 0 = all
+        inverse_update_period=5,           # steps between inverse refreshes (the expensive part)
+        estimation_mode='fisher_gradients',  # fisher_gradients | fisher_empirical | fisher_exact | ggn_curvature_prop | ...
+        momentum=0.9,                      # heavy-ball momentum on the preconditioned gradient; 0 disables
+        nesterov=False,
+        norm_constraint=0.0,               # cap the update's squared Fisher norm v'Fv (KL clipping); 0 = off
+        adaptive_damping=False,            # Levenberg-Marquardt adaptation, `damping` its initial value
+        damping_adaptation_interval=5,     # steps between adaptations (kfac-jax's default)
+        damping_adaptation_decay=0.9,      # damping x or / decay**interval when rho > 3/4 or < 1/4 (kfac-jax's)
+        min_damping=1e-8,                  # adaptation keeps the damping at least this (kfac-jax's)
+    ),
+}
