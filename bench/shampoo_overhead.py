@@ -10,8 +10,8 @@ four markdown tables:
    until the loss is exactly 0, which also changes how long Newton roots take).
    One step = value_and_grad + optimizer update + apply_updates in ONE jax.jit,
    parameters and optimizer state donated. Optimizers come from the project registry, as users get them:
-   `optimizers.build(optimizers.config('adam', learning_rate=1e-3), schedule)` and
-   `optimizers.config('shampoo', learning_rate=1e-3, preconditioning_compute_steps=K,
+   `optimizers.build(base.optimizer('adam', learning_rate=1e-3), schedule)` and
+   `base.optimizer('shampoo', learning_rate=1e-3, preconditioning_compute_steps=K,
    start_preconditioning_step=1)` for K in 1, 10, 100 (other fields default: block
    128, graft rmsprop_normalized, Newton roots). Each optimizer is compiled, warmed
    up for max(K) + 1 steps (so the refresh at `start_preconditioning_step` is behind
@@ -73,6 +73,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import optimizers  # noqa: E402
+from configs import base, optimizer_defaults  # noqa: E402
+from errors import ArgumentParser  # noqa: E402
 from optimizers import kfac, shampoo  # noqa: E402
 from trainer import host_memory  # noqa: E402
 from tasks import losses  # noqa: E402
@@ -120,7 +122,7 @@ def make_step(tx):
 
 
 def build(name: str, batch: int = 256, **overrides) -> optax.GradientTransformation:
-  cfg = optimizers.config(name, learning_rate=LEARNING_RATE, **overrides)
+  cfg = base.optimizer(name, learning_rate=LEARNING_RATE, **overrides)
   loss = None
   if optimizers.needs_loss(name):
     params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
@@ -252,7 +254,7 @@ def time_roots(stacks: dict, method: str) -> tuple[float, dict]:
 # ---------------------------------------------------------------- main
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--steps', type=int, default=200, help='timed window length, a multiple of every K')
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--skip-roots', action='store_true', help='skip the root timings (section 3)')
@@ -264,7 +266,7 @@ def main():
   kept = host_memory.keep_freed_memory()  # as main.py does
 
   device = jax.devices()[0]
-  block_size = shampoo.DEFAULTS['block_size']
+  block_size = optimizer_defaults.BY_NAME['shampoo']['block_size']
   print(f'device {device.platform} ({device.device_kind}), {jax.device_count()} device(s), '
         f'jax {jax.__version__}, {os.cpu_count()} CPUs; freed host memory kept (trainer.host_memory): {kept}')
   print(f'MLP {"-".join(map(str, SIZES))}, batch {args.batch}, float32; windows of {args.steps} steps '

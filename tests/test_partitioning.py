@@ -5,9 +5,12 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from configs import optimizer_defaults
 from errors import ConfigError
 from optimizers import shampoo
 from trainer import partitioning
+
+SHAMPOO = optimizer_defaults.BY_NAME['shampoo']
 
 
 def shape(**axes):
@@ -46,11 +49,11 @@ def test_optimizer_state_follows_params_and_spreads_block_stacks():
     shardings = partitioning.optimizer_state_shardings(state, params, param_shardings, mesh)
     return {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
 
-  for tx in (optax.adam(0.1), shampoo.shampoo(0.1, block_size=4)):
+  for tx in (optax.adam(0.1), shampoo.shampoo(0.1, **{**SHAMPOO, 'block_size': 4})):
     moments = [s for k, s in shardings_of(tx).items() if k.endswith("['w']")]
     assert moments and all(s == param_shardings['w'] for s in moments)
   # 16 blocks x 2 statistics = 32 per stack: spread over all 8 devices.
-  stacks = [s for k, s in shardings_of(shampoo.shampoo(0.1, block_size=4)).items()
+  stacks = [s for k, s in shardings_of(shampoo.shampoo(0.1, **{**SHAMPOO, 'block_size': 4})).items()
             if '.stats' in k or '.roots' in k]
   assert stacks and all(s.spec == PartitionSpec(('data', 'model')) for s in stacks)
 

@@ -1,0 +1,182 @@
+"""Shampoo with the practical ingredients of Anil et al. (2020), as an optax transformation.
+
+Written here from the paper (arXiv 2002.09018) and first principles.
+
+Per parameter, a static layout (`blocking`) decides how it is preconditioned:
+  * dimensions of size 1 are dropped and adjacent small dimensions merged while their
+    product stays <= `merge_small_dims_block_size` (conv [3,3,64,64] -> [576, 64]);
+  * parameters of rank <= 1 (biases, norm scales) get the graft direction only, and so
+    do those with a dimension above `skip_preconditioning_dim_size_gt` (embedding
+    tables), unless `precondition_embeddings`: then only their other dimensions get
+    statistics (a [vocab, d] table: one d x d statistic, shared by all rows), and
+    grafting sets the norm of each row (each slice along the skipped dimension), so a
+    rarely seen row keeps the graft's step size while the statistic turns its direction;
+  * the others are cut into blocks of at most `block_size` per dimension (the last block
+    zero-padded; a skipped dimension is one block); a block with k preconditioned
+    dimensions has k statistics L_i <- beta2 L_i + (1-beta2) G_(i) G_(i)^T (beta2 = 1:
+    plain sums), and its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}
+    (`preconditioning`).
+
+Statistics of all parameters are stacked per (block size, exponent) bucket into [n, b, b]
+arrays, so a statistics update and a root refresh are one batched op per bucket, and the
+trainer can shard the stacks.
+
+Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), damped by
+`matrix_epsilon` (times the largest eigenvalue, by power iteration, when
+`relative_matrix_epsilon`); a root with
+error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
+refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
+updates, inside the jitted step with `lax.cond` (never before the start: unused there).
+Grafting (`grafting`) rescales each block of the Shampoo direction to the norm of the graft's
+direction for that block (each row, along a skipped dimension); before
+`start_preconditioning_step` the graft direction is used alone.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from errors import ConfigError, check_range
+from optimizers.shampoo import blocking
+from optimizers.shampoo import grafting
+from optimizers.shampoo import preconditioning
+from optimizers.shampoo import roots as roots_lib
+
+# The hyperparameters scale_by_shampoo takes, all of them required; their defaults and meanings:
+# configs/optimizer_defaults.py.
+FIELDS = ('block_size', 'beta1', 'beta2', 'diagonal_epsilon', 'matrix_epsilon', 'relative_matrix_epsilon',
+          'start_preconditioning_step', 'preconditioning_compute_steps', 'statistics_compute_steps', 'graft_type',
+          'nesterov', 'moving_average_for_momentum', 'exponent_override', 'inverse_failure_threshold',
+          'skip_preconditioning_dim_size_gt', 'precondition_embeddings', 'merge_small_dims_block_size',
+          'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _validate(hp: dict) -> None:
+  unknown, missing = set(hp) - set(FIELDS), set(FIELDS) - set(hp)
+  if unknown:
+    raise ConfigError(f'unknown shampoo hyperparameters: {", ".join(sorted(unknown))}')
+  if missing:
+    raise ConfigError(f'missing shampoo hyperparameters: {", ".join(sorted(missing))}')
+  check_range(hp, 'block_size', 1, None)
+  check_range(hp, 'beta1', 0.0, 1.0)
+  check_range(hp, 'beta2', 0.0, 1.0, high_inclusive=True)
+  for field in ('diagonal_epsilon', 'matrix_epsilon', 'start_preconditioning_step',
+                'exponent_override', 'newton_tolerance'):
+    check_range(hp, field, 0, None)
+  for field in ('preconditioning_compute_steps', 'statistics_compute_steps', 'newton_iterations',
+                'skip_preconditioning_dim_size_gt', 'merge_small_dims_block_size'):
+    check_range(hp, field, 1, None)
+  if hp['inverse_failure_threshold'] <= 0:
+    raise ConfigError(f'optimizer.inverse_failure_threshold={hp["inverse_failure_threshold"]} must be > 0')
+  for field, choices in (('graft_type', grafting.GRAFT_TYPES), ('root_method', roots_lib.ROOT_METHODS),
+                         ('statistics_dtype', tuple(DTYPES))):
+    if hp[field] not in choices:
+      raise ConfigError(f'optimizer.{field}={hp[field]!r}: choose one of {", ".join(choices)}')
+
+
+class ShampooState(NamedTuple):
+  count: jax.Array            # updates applied so far
+  stats: dict[str, jax.Array]  # bucket -> [n, b, b]
+  roots: dict[str, jax.Array]  # bucket -> [n, b, b] inverse roots in use
+  root_errors: dict[str, jax.Array]  # bucket -> [n] error of the latest root computation
+  failed_roots: jax.Array     # matrices whose root failed and kept the previous one (cumulative)
+  root_refreshes: jax.Array   # times the roots were recomputed
+  graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
+  momentum: Any               # per-parameter momentum, or None
+
+
+def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
+  """Shampoo's (grafted, momentum) direction; chain with a learning rate to step."""
+  hp = dict(hyperparameters)
+  _validate(hp)
+  dtype = DTYPES[hp['statistics_dtype']]
+  beta1, beta2 = hp['beta1'], hp['beta2']
+  start = hp['start_preconditioning_step']
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    _, counts, _ = blocking.plan([p.shape for p in leaves], hp)
+    zeros = {k: jnp.zeros((n, blocking.bucket_size(k), blocking.bucket_size(k)), dtype)
+             for k, n in counts.items()}
+    eye = {k: jnp.broadcast_to(jnp.eye(blocking.bucket_size(k), dtype=dtype), v.shape) for k, v in zeros.items()}
+    per_param = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    return ShampooState(
+        count=jnp.zeros((), jnp.int32), stats=zeros, roots=eye,
+        root_errors={k: jnp.zeros(v.shape[0], jnp.float32) for k, v in zeros.items()},
+        failed_roots=jnp.zeros((), jnp.int32), root_refreshes=jnp.zeros((), jnp.int32),
+        graft=per_param() if grafting.keeps_accumulators(hp['graft_type']) else None,
+        momentum=per_param() if beta1 > 0 else None)
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    layouts, _, masks = blocking.plan([g.shape for g in leaves], hp)
+    grads = [g.astype(jnp.float32) for g in leaves]
+    count = state.count
+    blocks = [blocking.to_blocks(g, l) if l.preconditioned else None for g, l in zip(grads, layouts)]
+
+    stats = jax.lax.cond(count % hp['statistics_compute_steps'] == 0,
+                         lambda s: preconditioning.update_statistics(s, blocks, layouts, beta2, dtype),
+                         lambda s: s, state.stats)
+
+    # Roots are only used from `start` on: none before, one at `start`, then every k updates.
+    refresh = (count >= start) & ((count % hp['preconditioning_compute_steps'] == 0) | (count == start))
+    roots, root_errors, failed = jax.lax.cond(
+        refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], masks, hp, dtype),
+        lambda args: (args[1], args[2], jnp.zeros((), jnp.int32)),
+        (stats, state.roots, state.root_errors))
+
+    graft, accumulators = grafting.directions(
+        grads, jax.tree.leaves(state.graft) if state.graft is not None else None, count,
+        graft_type=hp['graft_type'], beta2=beta2, epsilon=hp['diagonal_epsilon'])
+    directions = []
+    for g_graft, b, layout in zip(graft, blocks, layouts):
+      if not layout.preconditioned:
+        directions.append(g_graft)
+        continue
+      preconditioned = preconditioning.precondition(b, layout, roots)
+      if hp['graft_type'] != 'none':
+        preconditioned = grafting.rescale(preconditioned, g_graft, layout)
+      directions.append(jnp.where(count >= start, blocking.from_blocks(preconditioned, layout), g_graft))
+
+    momentum = None
+    if beta1 > 0:
+      fresh = (1 - beta1) if hp['moving_average_for_momentum'] else 1.0
+      momentum = [beta1 * m + fresh * d for m, d in zip(jax.tree.leaves(state.momentum), directions)]
+      directions = ([beta1 * m + fresh * d for m, d in zip(momentum, directions)]
+                    if hp['nesterov'] else momentum)
+      momentum = jax.tree.unflatten(treedef, momentum)
+
+    new_state = ShampooState(
+        count=count + 1, stats=stats, roots=roots, root_errors=root_errors,
+        failed_roots=state.failed_roots + failed,
+        root_refreshes=state.root_refreshes + refresh.astype(jnp.int32),
+        graft=jax.tree.unflatten(treedef, accumulators) if accumulators is not None else None,
+        momentum=momentum)
+    out = [d.astype(g.dtype) for d, g in zip(directions, leaves)]
+    return jax.tree.unflatten(treedef, out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def metrics(opt_state) -> dict[str, jax.Array]:
+  """Preconditioner health from any optimizer state that contains a ShampooState."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ShampooState))
+           if isinstance(x, ShampooState)]
+  if not found:
+    return {}
+  state = found[0]
+  errors = jnp.concatenate([e for e in state.root_errors.values()]) if state.root_errors else jnp.zeros(1)
+  finite = jnp.where(jnp.isfinite(errors), errors, 0.0)
+  return {'shampoo_max_root_error': jnp.max(finite), 'shampoo_mean_root_error': jnp.mean(finite),
+          'shampoo_failed_roots_total': state.failed_roots,
+          'shampoo_root_refreshes_total': state.root_refreshes}
+
+
+def shampoo(learning_rate: optax.ScalarOrSchedule, **hyperparameters) -> optax.GradientTransformation:
+  """Shampoo with a learning rate (or schedule): updates are -lr x direction."""
+  return optax.chain(scale_by_shampoo(**hyperparameters),
+                     optax.scale_by_learning_rate(learning_rate))

@@ -1,0 +1,79 @@
+"""Shampoo's inverse p-th roots (optimizers/shampoo/roots.py) against float64 eigh."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optimizers.shampoo import roots as roots_lib
+
+U = 2.0**-24  # float32 unit roundoff
+
+
+def power(a, exponent):
+  """Symmetric positive definite `a` to a real power, in float64 through eigh."""
+  w, v = np.linalg.eigh(np.asarray(a, np.float64))
+  return (v * w**exponent) @ v.T
+
+
+@pytest.mark.parametrize('p', [2, 4, 8])
+@pytest.mark.parametrize('method', ['newton', 'eigh'])
+def test_inverse_pth_root_accuracy(method, p):
+  """Float32 roots of 8x8 matrices with condition numbers 1 to 1e6 against float64 eigh.
+
+  A float32 method that is backward stable perturbs A by about u ||A||, which moves the
+  smallest eigenvalue by a relative kappa u and its root, the largest part of the result,
+  by kappa u / p (u = 2^-24). The bound is twice that, with a floor for round-off at kappa = 1.
+  """
+  conditions = [1e0, 1e2, 1e4, 1e6]
+  rng = np.random.default_rng(p)
+  matrices = []
+  for kappa in conditions:
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    a = (q * np.logspace(0, -np.log10(kappa), 8)) @ q.T
+    matrices.append((a + a.T) / 2)
+  matrices = np.stack(matrices).astype(np.float32)
+  roots, errors = roots_lib.inverse_pth_root(jnp.asarray(matrices), p, epsilon=1e-12,
+                                             relative_epsilon=False, method=method)
+  assert roots.shape == matrices.shape and errors.shape == (4,)
+  for a, root, kappa in zip(matrices, np.asarray(roots, np.float64), conditions):
+    expected = power(a + 1e-12 * np.eye(8), -1 / p)
+    relative_error = np.linalg.norm(root - expected) / np.linalg.norm(expected)
+    assert relative_error < 1e-5 + 2 * kappa * U / p, (kappa, relative_error)
+  errors = np.asarray(errors)
+  assert np.all(np.isfinite(errors))
+  if method == 'newton':  # a converged iteration leaves max|M - I| at a few ulps
+    assert np.all(errors < 1e-4), errors
+  else:
+    np.testing.assert_array_equal(errors, 0.0)
+
+
+@pytest.mark.parametrize('p', [2, 4, 8])
+def test_scaled_newton_converges_in_a_few_steps_whatever_the_condition_number(p):
+  """Scaling M before each step lifts small eigenvalues far faster than the plain iteration, which
+  took 17 steps at condition number 1e6 (p = 4, 13 at 1e4): 12 suffice at 1e2..1e6 (measured: p = 2
+  needs 12, p = 4 10, p = 8 9)."""
+  rng = np.random.default_rng(p)
+  matrices = []
+  for kappa in (1e0, 1e2, 1e4, 1e6):
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    a = (q * np.logspace(0, -np.log10(kappa), 16)) @ q.T
+    matrices.append((a + a.T) / 2)
+  matrices = jnp.asarray(np.stack(matrices), jnp.float32)
+  roots, errors = roots_lib.inverse_pth_root(matrices, p, epsilon=1e-6, relative_epsilon=True, iterations=12)
+  assert np.all(np.asarray(errors) < 1e-5), errors
+  _, too_few = roots_lib.inverse_pth_root(matrices, p, epsilon=1e-6, relative_epsilon=True, iterations=5)
+  assert np.max(np.asarray(too_few)) > 1e-2  # the cap binds: a slower iteration would fail above
+
+
+@pytest.mark.parametrize('method', ['newton', 'eigh'])
+def test_inverse_pth_root_relative_epsilon(method):
+  """The ridge is epsilon x lambda_max: a 1e-3 ridge takes kappa = 1e6 down to about 1e3."""
+  rng = np.random.default_rng(1)
+  q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+  a = (q * np.logspace(1, -5, 8)) @ q.T
+  a = ((a + a.T) / 2).astype(np.float32)
+  roots, _ = roots_lib.inverse_pth_root(jnp.asarray(a[None]), 4, epsilon=1e-3, relative_epsilon=True,
+                                        method=method)
+  expected = power(a + 1e-3 * np.linalg.eigvalsh(a.astype(np.float64)).max() * np.eye(8), -1 / 4)
+  relative_error = np.linalg.norm(np.asarray(roots[0], np.float64) - expected) / np.linalg.norm(expected)
+  assert relative_error < 1e-5 + 2 * 1e3 * U / 4, relative_error
