@@ -30,7 +30,7 @@ def checkpoint_leaves(workdir):
   root = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(root) if d.isdigit())
   leaves = ocp.StandardCheckpointer().restore(os.path.join(root, str(step), 'state'))
-  return step, [np.asarray(x) for x in leaves]
+  return step, [np.asarray(x) for x in leaves.values()]
 
 
 def run(tmp_path, name='lp_regression_adam', devices=ONE_DEVICE, workdir='run', **overrides):
@@ -298,3 +298,15 @@ def test_keep_freed_memory_stops_each_large_block_from_faulting_its_pages_in_aga
   before, applied, after = float(out[0]), out[1] == 'True', float(out[2])
   # 48 MB: 12288 pages of 4 KiB, 24 transparent huge pages of 2 MiB: every cycle faults them in again
   assert applied and before >= 20 and after <= before / 20, out
+
+
+def test_a_pause_inside_another_is_charged_to_its_own_phase_only():
+  timer = trainer.timing.RunTimer()
+  start = time.perf_counter()
+  with timer.pause('eval'):
+    time.sleep(0.05)
+    with timer.pause('compile'):
+      time.sleep(0.1)
+  wall = time.perf_counter() - start
+  assert timer.seconds['compile'] >= 0.1 and timer.seconds['eval'] >= 0.05
+  assert timer.seconds['eval'] + timer.seconds['compile'] <= wall

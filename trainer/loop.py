@@ -15,7 +15,7 @@ import math
 import os
 import platform
 import signal
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax
 import flax.linen as nn
@@ -239,36 +239,63 @@ def _versions() -> dict[str, str]:
           **{name: importlib.metadata.version(name) for name in packages}}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, name: str,
-        devices: Sequence[jax.Device] | None = None) -> dict:
-  """Trains `config` in `workdir` (resuming from its checkpoint) and returns the summary.
+class Intervals(NamedTuple):
+  """How long to train and how often to log, evaluate, checkpoint and diagnose."""
+  num_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  diagnostics_every: int  # 0: off
+  stop_at_target: bool
 
-  `devices` (default: all) is for tests and launchers that give a run a subset.
-  """
-  devices = list(devices or jax.devices())
-  process_index, process_count = jax.process_index(), jax.process_count()
-  is_main = process_index == 0
 
-  # ---- Everything that can reject the config, before the workdir is touched.
+class Shardings(NamedTuple):
+  state: TrainState
+  params: Any
+  model_state: Any
+  batch: NamedSharding
+  replicated: NamedSharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The config resolved once into what the loop needs; nothing after `set_up` reads the config."""
+  task: tasks.Task
+  target: Target
+  intervals: Intervals
+  mesh: jax.sharding.Mesh
+  shardings: Shardings
+  abstract_state: TrainState
+  init_state: Callable[[jax.Array], TrainState]
+  train_rng: jax.Array
+  train_step: Callable        # (state, batch) -> (state, metrics), not yet compiled
+  diagnose: Callable | None   # (params, model_state, opt_state, batch) -> metrics, or None when off
+  keep_checkpoints: int
+  summary: dict               # summary.json's fields that hold for the whole run
+
+
+class Steps(NamedTuple):
+  """The compiled programs of a run and the data they start on."""
+  train: Callable
+  train_data: Any             # iterator of this process's training batches
+  first_batch: dict
+  evaluate: Callable          # (state, step) -> eval metrics (decoding included when due)
+  diagnose: Callable | None   # state -> diagnostics, or None when off
+
+
+def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], name: str) -> Setup:
+  """Everything that can reject the config, before the workdir is touched."""
   optimizers.parameterization.check(config)
   task = tasks.get(config.task.name)(config)
   target = Target.from_config(config.target, task.eval_metric_names)
-  mesh_shape = partitioning.mesh_shape(config.mesh, len(devices))
-  _check_steps_and_batch(config, mesh_shape, process_count)
-  schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate,
-                                        config.num_steps)
-  mesh = partitioning.make_mesh(mesh_shape, devices)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  _check_steps_and_batch(config, dict(mesh.shape), jax.process_count())
+  diagnostics.check(config.diagnostics)
+  schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate, config.num_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
   multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
   tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers)
-  diagnostics.check(config.diagnostics)
-  workdirs.prepare(workdir, config, write=is_main)
-
-  # ---- Shardings and the initial (or restored) state.
-  timer = timing.RunTimer()
-  param_shardings, model_state_shardings = partitioning.logical_shardings(
-      abstract_boxed, mesh, task.logical_axis_rules)
 
   def init_state(rng) -> TrainState:
     params, model_state = nn.unbox(task.init(init_rng))
@@ -278,146 +305,158 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
                       opt_state=tx.init(params), rng=rng)
 
   abstract_state = jax.eval_shape(init_state, train_rng)
+  param_shardings, model_state_shardings = partitioning.logical_shardings(
+      abstract_boxed, mesh, task.logical_axis_rules)
   replicated = partitioning.replicated(mesh)
-  state_shardings = TrainState(
-      step=replicated, params=param_shardings, model_state=model_state_shardings,
-      opt_state=partitioning.optimizer_state_shardings(
-          abstract_state.opt_state, abstract_state.params, param_shardings, mesh),
-      rng=replicated)
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  meta = {'steps_to_target': None, 'train_seconds_to_target': None}
-  if checkpointer.latest_step() is not None:
-    abstract_sharded = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings)
-    state, meta = checkpointer.restore(abstract_sharded)
-    timer = timing.RunTimer(meta)
-    logging.info('Resumed from step %d of %s', int(state.step), workdir)
-  else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(train_rng)
-  start_step = int(state.step)
-  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
+  shardings = Shardings(
+      state=TrainState(step=replicated, params=param_shardings, model_state=model_state_shardings,
+                       opt_state=partitioning.optimizer_state_shardings(
+                           abstract_state.opt_state, abstract_state.params, param_shardings, mesh),
+                       rng=replicated),
+      params=param_shardings, model_state=model_state_shardings,
+      batch=partitioning.batch_sharding(mesh), replicated=replicated)
+  state_metrics = optimizers.state_metrics(config.optimizer.name) if config.log_optimizer_metrics else None
+  devices = list(devices)
+  return Setup(
+      task=task, target=target, mesh=mesh, shardings=shardings, abstract_state=abstract_state,
+      init_state=init_state, train_rng=train_rng,
+      intervals=Intervals(config.num_steps, config.log_every, config.eval_every, config.checkpoint_every,
+                          config.diagnostics.every, config.stop_at_target),
+      train_step=_make_train_step(task, tx, schedule, config.grad_accum_steps, mesh, state_metrics),
+      diagnose=(diagnostics.build(task, config.diagnostics, config.optimizer)
+                if config.diagnostics.every else None),
+      keep_checkpoints=config.keep_checkpoints,
+      summary={
+          'name': name, 'size': config.size, 'task': config.task.name, 'optimizer': config.optimizer.name,
+          'target': dataclasses.asdict(target),
+          'devices': {'platform': devices[0].platform, 'kind': devices[0].device_kind,
+                      'count': len(devices), 'process_count': jax.process_count()},
+          'mesh': dict(mesh.shape),
+          'param_count': sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params)),
+          'width': _width(task), 'versions': _versions()})
 
-  summary = {
-      'name': name, 'size': config.size, 'task': config.task.name,
-      'optimizer': config.optimizer.name, 'status': None, 'step': start_step,
-      'target': dataclasses.asdict(target), 'final_eval': None, 'final_train': None,
-      'devices': {'platform': devices[0].platform, 'kind': devices[0].device_kind,
-                  'count': len(devices), 'process_count': process_count},
-      'mesh': mesh_shape, 'param_count': num_params, 'width': _width(task), 'versions': _versions(),
-  }
-  stopped_at_target = config.stop_at_target and meta['steps_to_target'] is not None
-  finished = start_step >= config.num_steps or stopped_at_target
-  summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
-  if finished and os.path.exists(summary_path):
-    checkpointer.close()
-    logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
-    with open(summary_path) as f:
-      return json.load(f)
 
-  if is_main:
-    writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
-  writer = writers.create(workdir, is_main, timer.totals)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
+def restore_or_init(setup: Setup, checkpointer: Checkpointer) -> tuple[TrainState, dict, timing.RunTimer]:
+  """The latest checkpoint's state, target bookkeeping and timers; or a fresh state."""
+  if checkpointer.latest_step() is None:
+    state = jax.jit(setup.init_state, out_shardings=setup.shardings.state)(setup.train_rng)
+    return state, {'steps_to_target': None, 'train_seconds_to_target': None}, timing.RunTimer()
+  abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  setup.abstract_state, setup.shardings.state)
+  state, meta = checkpointer.restore(abstract_sharded)
+  logging.info('Resumed from step %d', int(state.step))
+  return state, meta, timing.RunTimer(meta)
 
-  # ---- Compile ahead of time, so the first step's compilation is not training time.
-  batch_sharding = partitioning.batch_sharding(mesh)
-  train_iter = task.train_data(process_index, process_count, start_step)
-  first_batch = partitioning.global_batch(next(train_iter), batch_sharding)
+
+def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer) -> Steps:
+  """Compiles ahead of time, so that compilation is never charged to training."""
+  task, shardings, intervals = setup.task, setup.shardings, setup.intervals
+  process_index, process_count = jax.process_index(), jax.process_count()
+  train_data = task.train_data(process_index, process_count, int(state.step))
+  first_batch = partitioning.global_batch(next(train_data), shardings.batch)
   with timer.pause('compile'):
-    train_step = jax.jit(
-        _make_train_step(task, tx, schedule, config.grad_accum_steps, mesh,
-                         optimizers.state_metrics(config.optimizer.name)
-                         if config.log_optimizer_metrics else None),
-        in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
-        donate_argnums=0).lower(state, first_batch).compile()
-  compiled = {}
+    train = jax.jit(setup.train_step, in_shardings=(shardings.state, shardings.batch),
+                    out_shardings=(shardings.state, shardings.replicated), donate_argnums=0,
+                    ).lower(state, first_batch).compile()
+  evaluate = _Evaluator(task, shardings, timer, intervals)
+  diagnose = None
+  if setup.diagnose is not None:
+    diagnostic_batch = partitioning.global_batch(next(task.train_data(process_index, process_count, 0)),
+                                                 shardings.batch)
+    with timer.pause('compile'):
+      compiled = jax.jit(
+          setup.diagnose,
+          in_shardings=(shardings.params, shardings.model_state, shardings.state.opt_state, shardings.batch),
+          out_shardings=shardings.replicated).lower(
+              state.params, state.model_state, state.opt_state, diagnostic_batch).compile()
+    diagnose = lambda state: compiled(state.params, state.model_state, state.opt_state, diagnostic_batch)
+  return Steps(train, train_data, first_batch, evaluate, diagnose)
 
-  def run_compiled(fn, out_sharding, state, batch):
-    """fn(params, model_state, batch), compiled on first use (on the clock's compile time)."""
-    if fn not in compiled:
-      with timer.pause('compile'):
-        compiled[fn] = jax.jit(fn, in_shardings=(param_shardings, model_state_shardings, batch_sharding),
-                               out_shardings=out_sharding).lower(
-                                   state.params, state.model_state, batch).compile()
-    return compiled[fn](state.params, state.model_state, batch)
 
-  def evaluate(state) -> dict[str, float]:
+class _Evaluator:
+  """Eval metrics summed over the eval split, plus decoded metrics (BLEU) when they are due.
+
+  Each evaluation function is compiled on first use, on the clock's compile time.
+  """
+
+  def __init__(self, task, shardings: Shardings, timer: timing.RunTimer, intervals: Intervals):
+    self._task, self._shardings, self._timer, self._intervals = task, shardings, timer, intervals
+    self._compiled = {}
+
+  def __call__(self, state: TrainState, step: int) -> dict[str, float]:
+    metrics = self._evaluate(state)
+    evals = step // self._intervals.eval_every
+    decode_every = self._task.decode_every
+    if decode_every and (evals % decode_every == 0 or step == self._intervals.num_steps):
+      metrics.update(self._decode(state))
+    return metrics
+
+  def _run(self, fn, out_sharding, state, batch):
+    if fn not in self._compiled:
+      with self._timer.pause('compile'):
+        self._compiled[fn] = jax.jit(
+            fn, in_shardings=(self._shardings.params, self._shardings.model_state, self._shardings.batch),
+            out_shardings=out_sharding).lower(state.params, state.model_state, batch).compile()
+    return self._compiled[fn](state.params, state.model_state, batch)
+
+  def _batches(self, data):
+    for local_batch in data(jax.process_index(), jax.process_count()):
+      yield partitioning.global_batch(local_batch, self._shardings.batch)
+
+  def _evaluate(self, state) -> dict[str, float]:
     sums = None
-    for local_batch in task.eval_data(process_index, process_count):
-      batch = partitioning.global_batch(local_batch, batch_sharding)
-      out = run_compiled(task.evaluate, replicated, state, batch)
+    for batch in self._batches(self._task.eval_data):
+      out = self._run(self._task.evaluate, self._shardings.replicated, state, batch)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return task.eval_metrics({k: float(v) for k, v in jax.device_get(sums).items()})
+    return self._task.eval_metrics({k: float(v) for k, v in jax.device_get(sums).items()})
 
-  def decode_evaluate(state) -> dict[str, float]:
+  def _decode(self, state) -> dict[str, float]:
     """Metrics of generated outputs (e.g. BLEU of beam search): every process gets all rows."""
     indices, predictions = [], []
-    for local_batch in task.decode_data(process_index, process_count):
-      batch = partitioning.global_batch(local_batch, batch_sharding)
-      out = run_compiled(task.predict, batch_sharding, state, batch)
+    for batch in self._batches(self._task.decode_data):
+      out = self._run(self._task.predict, self._shardings.batch, state, batch)
       real = partitioning.to_host(batch['weight']) > 0
       indices.append(partitioning.to_host(batch['index'])[real])
       predictions.append(partitioning.to_host(out)[real])
-    return task.decode_metrics(np.concatenate(indices), np.concatenate(predictions))
+    return self._task.decode_metrics(np.concatenate(indices), np.concatenate(predictions))
 
-  def full_evaluate(state, step: int) -> dict[str, float]:
-    metrics = evaluate(state)
-    evals = step // config.eval_every
-    if task.decode_every and (evals % task.decode_every == 0 or step == config.num_steps):
-      metrics.update(decode_evaluate(state))
-    return metrics
 
-  diagnose = None
-  if config.diagnostics.every:  # off: nothing is built or compiled
-    diagnostic_batch = partitioning.global_batch(
-        next(task.train_data(process_index, process_count, 0)), batch_sharding)
-    with timer.pause('compile'):
-      diagnose = jax.jit(
-          diagnostics.build(task, config.diagnostics, config.optimizer),
-          in_shardings=(param_shardings, model_state_shardings, state_shardings.opt_state, batch_sharding),
-          out_shardings=replicated).lower(
-              state.params, state.model_state, state.opt_state, diagnostic_batch).compile()
+def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timing.RunTimer,
+          writer, checkpointer: Checkpointer, summary: dict) -> tuple[TrainState, int, str]:
+  """The step loop, from `state` until the run completes, reaches its target (when asked to stop
+  there), diverges or is interrupted; returns (state, step, status).
+
+  Updates `meta` (the target bookkeeping a checkpoint keeps) and `summary` (final metrics,
+  where it diverged, which signal stopped it).
+  """
+  intervals, target, is_main = setup.intervals, setup.target, jax.process_index() == 0
+  num_steps, step = intervals.num_steps, int(state.step)
+  flush_steps = {s for s in range(step + 1, num_steps + 1)
+                 if s % intervals.eval_every == 0 or s % intervals.checkpoint_every == 0} | {num_steps}
+  progress = _Progress(num_steps, intervals.log_every, flush_steps, enabled=is_main)
 
   def log_diagnostics(state, step: int) -> None:
     with timer.pause('diagnostics', state):
-      values = jax.device_get(diagnose(state.params, state.model_state, state.opt_state, diagnostic_batch))
+      values = jax.device_get(steps.diagnose(state))
     writer.write_scalars(step, {f'diagnostics/{k}': v for k, v in values.items()})
 
-  def save(state) -> None:
-    with timer.pause('checkpoint', state):
-      checkpointer.save(int(state.step), state, {**meta, **timer.totals()})
-
-  status = None
-  if finished:  # killed after its last checkpoint but before summary.json: rebuild the summary
-    status = REACHED_TARGET if stopped_at_target else COMPLETED
-    with timer.pause('eval'):
-      summary['final_eval'] = full_evaluate(state, start_step)
-
-  # ---- The loop.
-  num_steps = config.num_steps
-  flush_steps = {s for s in range(start_step + 1, num_steps + 1)
-                 if s % config.eval_every == 0 or s % config.checkpoint_every == 0} | {num_steps}
-  progress = _Progress(num_steps, config.log_every, flush_steps, enabled=is_main)
-  window = []
-  step = start_step
-  if diagnose and step == 0:
+  status, window = None, []
+  if steps.diagnose and step == 0:
     log_diagnostics(state, step)
   timer.start_training()
   progress(step, timer.train_seconds)
-  with _StopRequest(config.log_every) as stop:
-    batch = first_batch
+  with _StopRequest(intervals.log_every) as stop:
+    batch = steps.first_batch
     while status is None:
-      state, metrics = train_step(state, batch)
+      state, metrics = steps.train(state, batch)
       step += 1
       window.append(metrics)
       if len(window) > MAX_STEPS_IN_FLIGHT:
         window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
       if step < num_steps:
-        batch = partitioning.global_batch(next(train_iter), batch_sharding)
+        batch = partitioning.global_batch(next(steps.train_data), setup.shardings.batch)
       stopping = stop.requested(step)
-      if step % config.log_every == 0 or step in flush_steps or stopping:
+      if step % intervals.log_every == 0 or step in flush_steps or stopping:
         fetched = jax.device_get(window)
         window = []
         losses = np.array([m['loss'] for m in fetched])
@@ -433,9 +472,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
         writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
         progress.loss = means['loss']
       progress(step, timer.train_seconds)
-      if step % config.eval_every == 0 or step == num_steps:
+      if step % intervals.eval_every == 0 or step == num_steps:
         with timer.pause('eval', state):
-          eval_metrics = full_evaluate(state, step)
+          eval_metrics = steps.evaluate(state, step)
         if not all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in eval_metrics.values()):
           summary['diverged_at_step'] = step  # a finite train loss can still evaluate to inf
           status = DIVERGED
@@ -448,22 +487,67 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
           if is_main:
             print(f'target {target.metric} {target.direction} {target.value:g} reached at step {step}',
                   flush=True)
-        if meta['steps_to_target'] is not None and config.stop_at_target:
+        if meta['steps_to_target'] is not None and intervals.stop_at_target:
           status = REACHED_TARGET
-      if diagnose and step % config.diagnostics.every == 0:
+      if steps.diagnose and step % intervals.diagnostics_every == 0:
         log_diagnostics(state, step)
-      if step % config.checkpoint_every == 0 or stopping or status or step == num_steps:
-        save(state)
+      if step % intervals.checkpoint_every == 0 or stopping or status or step == num_steps:
+        with timer.pause('checkpoint', state):
+          checkpointer.save(step, state, {**meta, **timer.totals()})
       if stopping and status is None:
         status = INTERRUPTED
         summary['signal'] = signal.Signals(stop.signal).name
       elif step == num_steps and status is None:
         status = COMPLETED
     timer.stop_training(state)
+  return state, step, status
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, name: str,
+        devices: Sequence[jax.Device] | None = None) -> dict:
+  """Trains `config` in `workdir` (resuming from its checkpoint) and returns the summary.
+
+  `devices` (default: all) is for tests and launchers that give a run a subset.
+  """
+  # ---- Set up: the config is checked and resolved once; only then is the workdir written.
+  setup = set_up(config, list(devices or jax.devices()), name)
+  is_main = jax.process_index() == 0
+  workdirs.prepare(workdir, config, write=is_main)
+
+  # ---- Restore, or initialize.
+  checkpointer = Checkpointer(workdir, setup.keep_checkpoints)
+  state, meta, timer = restore_or_init(setup, checkpointer)
+  start_step = int(state.step)
+  stopped_at_target = setup.intervals.stop_at_target and meta['steps_to_target'] is not None
+  finished = start_step >= setup.intervals.num_steps or stopped_at_target
+  summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
+  if finished and os.path.exists(summary_path):
     checkpointer.close()
+    logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
+    with open(summary_path) as f:
+      return json.load(f)
+  if is_main:
+    writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
+  writer = writers.create(workdir, is_main, timer.totals)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
+                          if isinstance(v, (int, float, str, bool))})
+
+  # ---- Compile, then train (or, killed after its last checkpoint but before summary.json,
+  # evaluate once more to rebuild the summary).
+  steps = compile_steps(setup, state, timer)
+  summary = {**setup.summary, 'status': None, 'step': start_step, 'final_eval': None, 'final_train': None}
+  if finished:
+    step, status = start_step, REACHED_TARGET if stopped_at_target else COMPLETED
+    with timer.pause('eval'):
+      summary['final_eval'] = steps.evaluate(state, start_step)
+  else:
+    state, step, status = train(setup, steps, state, meta, timer, writer, checkpointer, summary)
+
+  # ---- Finish: wait for the last checkpoint, close the writers, write summary.json.
+  checkpointer.close()
   writer.flush()
   writer.close()
-
   summary.update(status=status, step=step, steps_to_target=meta['steps_to_target'],
                  train_seconds_to_target=meta['train_seconds_to_target'],
                  last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())

@@ -7,7 +7,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -16,7 +15,7 @@ from errors import ConfigError
 BATCH_AXIS = 'data'
 
 
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
   """Resolves -1 to the remaining devices; the product must equal the device count."""
   shape = dict(mesh_config.items())
   if BATCH_AXIS not in shape:
@@ -36,7 +35,9 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
   return shape
 
 
-def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device]) -> Mesh:
+def make_mesh(axes, devices: Sequence[jax.Device]) -> Mesh:
+  """The Mesh of `axes` (config.mesh: axis name -> size, -1 for the remaining devices) over `devices`."""
+  shape = mesh_shape(axes, len(devices))
   return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape))
 
 

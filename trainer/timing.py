@@ -22,6 +22,7 @@ class RunTimer:
     self._previous_total = totals.get('total_seconds', 0.0)
     self._started = time.perf_counter()
     self._train_since = None
+    self._nested = []  # per open pause: seconds spent in pauses inside it (charged to theirs)
 
   def start_training(self) -> None:
     self._train_since = time.perf_counter()
@@ -35,14 +36,22 @@ class RunTimer:
 
   @contextlib.contextmanager
   def pause(self, phase: str, in_flight=None):
-    """Charges the block to `phase`; `in_flight` (e.g. the train state) is awaited first."""
+    """Charges the block to `phase`; `in_flight` (e.g. the train state) is awaited first.
+
+    A pause inside another (compiling an eval step during evaluation) is charged to its own
+    phase only, so the phases never overlap.
+    """
     was_training = self._train_since is not None
     self.stop_training(in_flight)
     start = time.perf_counter()
+    self._nested.append(0.0)
     try:
       yield
     finally:
-      self.seconds[phase] += time.perf_counter() - start
+      elapsed = time.perf_counter() - start
+      self.seconds[phase] += elapsed - self._nested.pop()
+      if self._nested:
+        self._nested[-1] += elapsed
       if was_training:
         self.start_training()
 
