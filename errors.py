@@ -5,6 +5,9 @@ and the launchers all raise `ConfigError`, and `main.py` turns it into one line 
 stderr and exit code 2.
 """
 
+import argparse
+import sys
+
 
 class ConfigError(ValueError):
   """A setting the run cannot honour; the message names the field."""
@@ -18,3 +21,12 @@ def check_range(block, field: str, low, high, *, high_inclusive: bool = False, p
     upper = 'inf' if high is None else high
     bracket = ']' if high_inclusive else ')'
     raise ConfigError(f'{prefix}.{field}={value} is outside [{low}, {upper}{bracket}')
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the project's command lines: a bad argument is one `error:` line on stderr and
+  exit code 2, as every other bad input, rather than a usage dump."""
+
+  def error(self, message: str):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)

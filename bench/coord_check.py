@@ -7,20 +7,20 @@ trains one step of a 3-layer tanh MLP at each width and fits, per layer, p in
 RMS(change of the layer's output) ~ width^p. muP holds every p near 0.
 """
 
-import argparse
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from errors import ArgumentParser  # noqa: E402
 from trainer import coord_check  # noqa: E402
 
 LAYERS = {'layer0': 'first hidden', 'layer1': 'second hidden', 'layer2': 'output'}
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--widths', default='64,128,256,512,1024')
   parser.add_argument('--base_width', type=int, default=64)
   parser.add_argument('--optimizers', default=','.join(coord_check.OPTIMIZERS))

@@ -16,6 +16,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from errors import ArgumentParser  # noqa: E402
 
 
 def measure(config: str, devices: int, steps: int, mesh: str, extra: list[str]) -> dict:
@@ -39,7 +42,7 @@ def mesh_flags(mesh: str, devices: int) -> list[str]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='configs/lp_regression_adam.py:tiny')
   parser.add_argument('--devices', default='1,8', help='comma-separated device counts')
   parser.add_argument('--steps', type=int, default=2000)

@@ -17,6 +17,11 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
   return slice(process_index * local, (process_index + 1) * local)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+  """One epoch's shuffle seed for tf.data and tfds: a pure function of (seed, epoch), as the stream must be."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def train_batches(arrays: Mapping[str, np.ndarray], global_batch_size: int, seed: int,
                   start_step: int, process_index: int, process_count: int) -> Iterator[Batch]:
   """Endless shuffled batches (a fresh permutation per epoch, remainder dropped)."""

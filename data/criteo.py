@@ -185,16 +185,12 @@ def _share(paths: list[str], process_index: int, process_count: int):
   return paths, (process_count, process_index)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
 def _epoch_lines(paths: list[str], shard: tuple[int, int] | None, seed: int,
                  epoch: int) -> tf.data.Dataset:
   order = np.random.default_rng([seed, epoch]).permutation(len(paths))
   lines = _read_lines([paths[i] for i in order], shard, PARALLEL_READS)
   # An op seed alone fixes the order while TensorFlow's global seed is unset (nothing here sets it).
-  return lines.shuffle(SHUFFLE_BUFFER, seed=_epoch_seed(seed, epoch))
+  return lines.shuffle(SHUFFLE_BUFFER, seed=batches.epoch_seed(seed, epoch))
 
 
 def _train_chunks(paths: list[str], shard: tuple[int, int] | None, table_sizes: Sequence[int],

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from errors import ConfigError
+from data import batches
 
 DATASET = 'imagenet2012'
 TRAIN_SPLIT, EVAL_SPLIT = 'train', 'validation'
@@ -171,14 +172,10 @@ def _deterministic(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.with_options(options)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
 def _train_epoch(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg, rows: int, image_size: int,
                  dtype: tf.DType, seed: int, epoch: int, skip_examples: int) -> tf.data.Dataset:
   """The batches of one epoch of `split`, less its first skip_examples examples (read, never decoded)."""
-  epoch_seed = _epoch_seed(seed, epoch)
+  epoch_seed = batches.epoch_seed(seed, epoch)
   read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, try_autocache=False, add_tfds_id=True)
   records = _records(builder, split, read_config, shuffle_files=True)
   # An op seed alone fixes the order while TensorFlow's global seed is unset (nothing here sets it).

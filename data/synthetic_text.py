@@ -1,7 +1,7 @@
 """A synthetic pre-training corpus with learnable structure, in the raw-text form BERT's script reads.
 
 `generate` writes one sentence per line and a blank line between documents, as
-Wikipedia/BooksCorpus text is laid out for `data/bert_pretraining.py`, so tests and
+Wikipedia/BooksCorpus text is laid out for `data/prepare_bert.py`, so tests and
 `tiny` configs run the real preparation script and the real reader on it.
 
 The text is a small invented language built so that masked words and next
@@ -28,7 +28,7 @@ import os
 import random
 import tempfile
 
-from data import bert_pretraining
+from data import prepare_bert
 
 MIN_WORDS, MAX_WORDS = 5, 25
 MIN_SENTENCES, MAX_SENTENCES = 5, 30
@@ -208,7 +208,7 @@ def prepare_tiny(data_dir: str, num_documents: int, vocab_size: int, max_seq_len
 
   The text goes to <parent of data_dir>/synthetic_text-<num_documents>-<seed>.txt,
   shared by every preparation of the same corpus (e.g. the 128 and 512 phases), and
-  is turned into TFRecords by the same code as `python -m data.bert_pretraining`.
+  is turned into TFRecords by the same code as `python -m data.prepare_bert`.
   Preparation is atomic: when processes race, the first one's result stays and the
   others find it. Returns data_dir.
   """
@@ -216,7 +216,7 @@ def prepare_tiny(data_dir: str, num_documents: int, vocab_size: int, max_seq_len
                       f'synthetic_text-{num_documents}-{seed}.txt')
   if not os.path.exists(text):
     generate(text, num_documents, seed)
-  bert_pretraining.prepare([text], data_dir, bert_pretraining.Settings(
+  prepare_bert.prepare([text], data_dir, prepare_bert.Settings(
       vocab_size=vocab_size, max_seq_length=max_seq_length,
       max_predictions_per_seq=max_predictions_per_seq, dupe_factor=dupe_factor,
       eval_documents=eval_documents, num_shards=num_shards, seed=seed, tokenizer=tokenizer))

@@ -200,17 +200,13 @@ def pack(pair_chunks: Iterable[tuple[list[list[int]], list[list[int]]]],
     yield _pack_rows(inputs, targets, assign_rows(inputs, targets, max_length), max_length)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
 def _train_pairs(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int, seed: int,
                  shard_index: int, num_shards: int) -> Iterator[tuple[list[list[int]], ...]]:
   """Chunks of encoded pairs of one shard of the split, epoch after epoch, less those over max_length."""
   shard = tfds.split_for_jax_process('train', process_index=shard_index, process_count=num_shards)
   for epoch in itertools.count():
     kept = 0
-    for english, french in _text_chunks(_read(data_dir, shard, _epoch_seed(seed, epoch))):
+    for english, french in _text_chunks(_read(data_dir, shard, batches.epoch_seed(seed, epoch))):
       inputs, targets = encode(tokenizer, english), encode(tokenizer, french)
       fits = [i for i, (source, target) in enumerate(zip(inputs, targets))
               if len(source) <= max_length and len(target) <= max_length]

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from launch import trial_status
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ('local', 'tpu', 'slurm')
 POLL_SECONDS = 0.5
@@ -104,7 +106,6 @@ class Local:
       for trial in pending:
         print(shlex.join(self.command(trial)))
       return 0
-    from launch import sweep  # the trial status reader; imported here to keep the modules acyclic
     queue, free, failed = list(pending), list(range(len(self._slots))), 0
     self._running = {}
     previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -119,10 +120,10 @@ class Local:
         for process in [p for p in self._running if p.poll() is not None]:
           trial, slot, started = self._running.pop(process)
           free.append(slot)
-          result = sweep.status(trial)
-          if result not in sweep.FINISHED and self._signal is not None:
+          result = trial_status.status(trial.workdir)
+          if result not in trial_status.FINISHED and self._signal is not None:
             result = 'interrupted'  # also when the signal came before the trial could checkpoint
-          elif result not in sweep.FINISHED + ('interrupted',):
+          elif result not in trial_status.FINISHED + ('interrupted',):
             result, failed = 'failed', failed + 1
           index.update(trial, result)
           entry = index.entries[trial.id]
@@ -156,7 +157,6 @@ class Tpu:
             *project, '--worker=all', f'--command={remote}']
 
   def run(self, pending, index) -> int:
-    from launch import sweep
     failed = 0
     for trial in pending:
       if self._dry_run:
@@ -164,7 +164,7 @@ class Tpu:
         continue
       print(f'started  {trial.id}', flush=True)
       code = subprocess.run(self.command(trial)).returncode
-      result = sweep.status(trial)  # 'pending' when the sweep dir is not mounted here
+      result = trial_status.status(trial.workdir)  # 'pending' when the sweep dir is not mounted here
       failed += code not in (0, 1)  # 1: diverged, a result
       index.update(trial, result if result != 'pending' else f'exit {code}')
       print(f'finished {trial.id}: exit {code}, {result}', flush=True)

@@ -18,13 +18,13 @@ missing. Each config's wall time is appended to `<root>/timing.jsonl` (results/r
 writes REPORT.md from `<root>`, sums it).
 """
 
-import argparse
 import glob
 import json
 import os
 import sys
 import time
 
+from errors import ArgumentParser
 from launch import backends, sweep
 from launch.sweeps import damping
 from results import compare, report as report_md, runs as runs_lib
@@ -83,7 +83,7 @@ def run_config(name: str, root: str, parallel: int, settings: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m launch.report', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m launch.report', description=__doc__.splitlines()[0])
   parser.add_argument('--configs', default=','.join(CONFIGS), help='comma-separated config names')
   parser.add_argument('--root', default='runs/report', help='a sweep directory per config under it')
   parser.add_argument('--parallel', type=int, default=2, help='trials at once (launch.sweep --parallel)')

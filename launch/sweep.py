@@ -18,7 +18,6 @@ its own --sweep_dir: sweep.json records it under `set`, and results views label 
 sweep's runs by it.
 """
 
-import argparse
 import ast
 import copy
 import dataclasses
@@ -29,11 +28,10 @@ import os
 import sys
 from typing import Any
 
-from launch import backends, space as spaces
+from errors import ArgumentParser
+from launch import backends, space as spaces, trial_status
 
 INDEX_FILE = 'sweep.json'
-SUMMARY_FILE = 'summary.json'  # what main.py writes when a run ends
-FINISHED = ('completed', 'reached_target', 'diverged')
 SWEEP_KEYS = ('space', 'trials', 'seeds', 'fixed', 'sample_seed')
 MAX_ID_LENGTH = 100
 
@@ -159,20 +157,6 @@ def trials(config, sweep: dict, sweep_dir: str, settings: dict[str, Any] | None 
   return result
 
 
-def _summary(trial: Trial) -> dict:
-  """The trial's summary.json ({} until its run ends)."""
-  try:
-    with open(os.path.join(trial.workdir, SUMMARY_FILE)) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return {}
-
-
-def status(trial: Trial) -> str:
-  """The trial's run status from its summary.json, else 'pending'."""
-  return _summary(trial).get('status') or 'pending'
-
-
 class Index:
   """sweep.json: the sweep's settings and one entry per trial, rewritten atomically on each change.
 
@@ -196,17 +180,17 @@ class Index:
     for trial in trial_list:
       self.entries[trial.id] = {'id': trial.id, 'workdir': os.path.basename(trial.workdir),
                                 'overrides': trial.overrides}
-      self._record(trial, status(trial))
+      self._record(trial, trial_status.status(trial.workdir))
 
-  def _record(self, trial: Trial, trial_status: str) -> None:
+  def _record(self, trial: Trial, status: str) -> None:
     entry = self.entries[trial.id]
-    entry['status'] = trial_status
-    summary = _summary(trial)
+    entry['status'] = status
+    summary = trial_status.summary(trial.workdir)
     entry.update({key: summary[key] for key in (
         'step', 'steps_to_target', 'train_seconds_to_target', 'final_eval') if key in summary})
 
-  def update(self, trial: Trial, trial_status: str) -> None:
-    self._record(trial, trial_status)
+  def update(self, trial: Trial, status: str) -> None:
+    self._record(trial, status)
     self.write()
 
   def write(self) -> None:
@@ -217,14 +201,8 @@ class Index:
     os.replace(self.path + '.tmp', self.path)
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
 def _parse(argv):
-  parser = _Parser(prog='python -m launch.sweep', description=__doc__.split('\n\n')[0])
+  parser = ArgumentParser(prog='python -m launch.sweep', description=__doc__.split('\n\n')[0])
   parser.add_argument('--sweep', required=True, help='sweep file, e.g. launch/sweeps/lr.py')
   parser.add_argument('--config', help="base config with its size (default: the sweep file's CONFIG)")
   parser.add_argument('--backend', default='local', choices=backends.NAMES)
@@ -277,7 +255,7 @@ def main(argv=None) -> int:
   except (SweepError, backends.BackendError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  pending = [t for t in trial_list if index.entries[t.id]['status'] not in FINISHED]
+  pending = [t for t in trial_list if index.entries[t.id]['status'] not in trial_status.FINISHED]
   print(f'sweep {sweep_dir}: {len(trial_list)} trials, {len(trial_list) - len(pending)} already finished, '
         f'{len(pending)} to run ({args.backend})', flush=True)
   if not args.dry_run:

@@ -9,7 +9,6 @@ steps to target over seeds); tasks are never mixed. The profile is AlgoPerf's: p
 optimizer's time to target over the fastest optimizer's there.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -20,6 +19,7 @@ from typing import Iterable, NamedTuple
 import matplotlib
 import numpy as np
 
+from errors import ArgumentParser
 from results import plots
 from results import runs as runs_lib
 
@@ -245,15 +245,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
   return '\n'.join('| ' + ' | '.join(cell.replace('|', r'\|') for cell in line) + ' |' for line in lines)
 
 
-class _Parser(argparse.ArgumentParser):
-  """Bad arguments become main's one `error:` line and exit code 2, not usage text."""
-
-  def error(self, message):
-    raise ValueError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='python -m results.compare', description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+  parser = ArgumentParser(prog='python -m results.compare', description=__doc__.splitlines()[0])
   parser.add_argument('paths', nargs='+', metavar='RUN_OR_SWEEP_DIR',
                       help='run workdirs, sweep directories, or directories holding them (e.g. runs)')
   parser.add_argument('--out', required=True, help='directory for table.md and the figures (created)')
@@ -265,10 +258,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """The CLI: 0 on success, 2 with one `error:` line on bad input."""
+  """The CLI: 0 on success, 2 with one `error:` line on bad input (for a bad argument, as SystemExit)."""
   matplotlib.use('Agg')  # files only: no display is needed, and there may be none
+  args = _parser().parse_args(argv)
   try:
-    args = _parser().parse_args(argv)
     runs, skipped = runs_lib.load(args.paths)
     for message in skipped:
       print(message, file=sys.stderr)

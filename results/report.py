@@ -11,7 +11,6 @@ by steps, the cost tables (each --cost file as written by bench/), the wall time
 (`<root>/timing.jsonl`) and the discussion (--discussion, written by hand from these numbers).
 """
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -22,6 +21,7 @@ import sys
 import matplotlib
 import numpy as np
 
+from errors import ArgumentParser
 from results import compare, plots
 from results import runs as runs_lib
 
@@ -198,22 +198,17 @@ def build(root: str, figures: str, cost_files: list[str], discussion: str | None
   return '\n\n'.join(sections) + '\n'
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise ValueError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-  """The CLI: 0 on success, 2 with one `error:` line on bad input."""
+  """The CLI: 0 on success, 2 with one `error:` line on bad input (for a bad argument, as SystemExit)."""
   matplotlib.use('Agg')
-  parser = _Parser(prog='python -m results.report', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m results.report', description=__doc__.splitlines()[0])
   parser.add_argument('root', help="launch/report.py's --root (a sweep per config)")
   parser.add_argument('--out', required=True, help='the report, e.g. results/REPORT.md')
   parser.add_argument('--figures', required=True, help='directory for its figures (created)')
   parser.add_argument('--cost', action='append', default=[], help='a cost table written by bench/ (repeatable)')
   parser.add_argument('--discussion', help='a markdown file appended as the discussion')
+  args = parser.parse_args(argv)
   try:
-    args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
       raise ValueError(f'{args.root}: no such directory')
     text = build(args.root, args.figures, args.cost, args.discussion, args.out)

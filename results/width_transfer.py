@@ -21,7 +21,6 @@ width (* where it is the grid's smallest or largest) and these numbers:
 A diverged run counts as an infinite loss.
 """
 
-import argparse
 import collections
 import math
 import os
@@ -32,6 +31,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from errors import ArgumentParser
 from results import plots
 from results import runs as runs_lib
 
@@ -170,19 +170,14 @@ def figure(results: list[Transfer]):
   return fig
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise ValueError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-  """The CLI: 0 on success, 2 with one `error:` line on bad input."""
+  """The CLI: 0 on success, 2 with one `error:` line on bad input (for a bad argument, as SystemExit)."""
   matplotlib.use('Agg')
-  parser = _Parser(prog='python -m results.width_transfer', description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog='python -m results.width_transfer', description=__doc__.splitlines()[0])
   parser.add_argument('paths', nargs='+', metavar='SWEEP_DIR', help='width_transfer sweep directories')
   parser.add_argument('--out', required=True, help='directory for table.md and transfer.png (created)')
+  args = parser.parse_args(argv)
   try:
-    args = parser.parse_args(argv)
     runs, skipped = runs_lib.load(args.paths)
     for message in skipped:
       print(message, file=sys.stderr)

@@ -29,19 +29,11 @@ from tasks import layers, losses
 from tasks.base import Task, preset_fields, width_ratio
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  features: int         # hidden size
-  num_heads: int
-  hidden: int           # feed-forward width
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(layers.ModelConfig):
   layers: int
-  dropout: float
-  attention_dropout: float
   max_positions: int
   next_sentence: bool
-  dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
-  width_ratio: float = 1.0  # width / base_width under muP (tasks/layers.py), else 1
 
 
 # Devlin et al. 2019, Sec. 3: Base 12 layers / 768 / 12 heads, Large 24 / 1024 / 16; `tiny` for CPU.
@@ -77,7 +69,8 @@ class Bert(nn.Module):
     self.embed_norm = layers.layer_norm(dtype)
     self.dropout = nn.Dropout(c.dropout)
     self.blocks = [layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout,
-                                       dtype, nn.gelu, c.width_ratio) for _ in range(c.layers)]
+                                       dtype, activation=nn.gelu, width_ratio=c.width_ratio)
+                   for _ in range(c.layers)]
     self.final_norm = layers.layer_norm(dtype)
     self.mlm_transform = layers.dense(c.features, ('embed', 'mlp'), dtype, 'mlm_transform')
     self.mlm_norm = layers.layer_norm(dtype)

@@ -18,6 +18,7 @@ the forward pass: attention logits scale as 1/head_dim rather than 1/sqrt(head_d
 stay those of the base width, and tied output logits shrink as 1/width_ratio.
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -30,6 +31,19 @@ from errors import ConfigError
 
 Dtype = Any
 NEG_INF = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The sizes, dropouts and dtype of a model built from these blocks; each task's config adds its depth."""
+  vocab_size: int
+  features: int         # model width: d_model, BERT's hidden size
+  num_heads: int
+  hidden: int           # feed-forward width
+  dropout: float
+  attention_dropout: float
+  dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
+  width_ratio: float = 1.0  # width / base_width under muP, else 1
 
 
 def check_sizes(features: int, num_heads: int, dtype: str) -> None:
@@ -167,16 +181,20 @@ def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, 
   return x + nn.Dropout(dropout)(y, deterministic=deterministic)
 
 
-class EncoderBlock(nn.Module):
-  """Self-attention and feed-forward, each pre-normalised with a residual connection."""
+class _Block(nn.Module):
+  """The sizes, dropouts and dtype an encoder or decoder block is built with."""
   num_heads: int
   features: int
   hidden: int
   dropout: float
   attention_dropout: float
   dtype: Dtype = jnp.float32
-  activation: Callable = nn.relu
   width_ratio: float = 1.0
+
+
+class EncoderBlock(_Block):
+  """Self-attention and feed-forward, each pre-normalised with a residual connection."""
+  activation: Callable = nn.relu
 
   @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
@@ -189,16 +207,9 @@ class EncoderBlock(nn.Module):
     return sublayer(x, lambda y: mlp(y, deterministic=deterministic), 'mlp_norm')
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(_Block):
   """Causal self-attention, attention to the encoder, feed-forward (pre-LN, residual)."""
-  num_heads: int
-  features: int
-  hidden: int
-  dropout: float
-  attention_dropout: float
-  dtype: Dtype = jnp.float32
   decode: bool = False
-  width_ratio: float = 1.0
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, *, deterministic: bool, decode_position=None):

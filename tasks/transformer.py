@@ -30,18 +30,10 @@ from tasks import beam_search, layers, losses
 from tasks.base import Task, preset_fields, width_ratio
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  vocab_size: int
-  features: int         # d_model
-  num_heads: int
-  hidden: int           # feed-forward width
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(layers.ModelConfig):
   encoder_layers: int
   decoder_layers: int
-  dropout: float
-  attention_dropout: float
-  dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
-  width_ratio: float = 1.0  # width / base_width under muP (tasks/layers.py), else 1
 
 
 class Transformer(nn.Module):

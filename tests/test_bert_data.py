@@ -11,12 +11,12 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from errors import ConfigError
-from data import batches, bert_pretraining as bp, synthetic_text
+from data import batches, bert_pretraining as bp, prepare_bert as prep, synthetic_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DOCUMENTS, EVAL_DOCUMENTS, SEED = 400, 40, 3
-SETTINGS = bp.Settings(vocab_size=600, max_seq_length=64, max_predictions_per_seq=12, dupe_factor=2,
-                       eval_documents=EVAL_DOCUMENTS, num_shards=4, seed=SEED)
+SETTINGS = prep.Settings(vocab_size=600, max_seq_length=64, max_predictions_per_seq=12, dupe_factor=2,
+                         eval_documents=EVAL_DOCUMENTS, num_shards=4, seed=SEED)
 SPECIAL = (bp.PAD_ID, bp.CLS_ID, bp.SEP_ID)
 
 
@@ -30,7 +30,7 @@ def text(tmp_path_factory):
 @pytest.fixture(scope='module')
 def prepared(text, tmp_path_factory):
   output_dir = str(tmp_path_factory.mktemp('prepared') / 'bert')
-  bp.prepare(text, output_dir, SETTINGS)
+  prep.prepare(text, output_dir, SETTINGS)
   return output_dir
 
 
@@ -120,18 +120,18 @@ def test_masking_statistics(prepared):
   kept = (seen == original).mean()
   replaced = ((seen != bp.MASK_ID) & (seen != original)).mean()
   assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.015 and abs(replaced - 0.1) < 0.015
-  assert seen[(seen != bp.MASK_ID) & (seen != original)].min() >= bp.NUM_SPECIAL
+  assert seen[(seen != bp.MASK_ID) & (seen != original)].min() >= prep.NUM_SPECIAL
   assert 0.45 < rows['next_sentence_labels'].mean() < 0.65
 
 
 def test_mask_tokens_bounds():
   rng = random.Random(0)
   tokens = [bp.CLS_ID] + list(range(10, 110)) + [bp.SEP_ID] + [7] * 20 + [bp.SEP_ID]
-  output, positions, labels = bp.mask_tokens(tokens, 0.15, 5, 50, rng)
+  output, positions, labels = prep.mask_tokens(tokens, 0.15, 5, 50, rng)
   assert len(positions) == 5 and labels == [tokens[i] for i in positions]  # capped
   assert all(output[i] == tokens[i] for i in range(len(tokens)) if i not in positions)
   short = [bp.CLS_ID, 9, bp.SEP_ID, 8, bp.SEP_ID]
-  assert len(bp.mask_tokens(short, 0.15, 5, 50, rng)[1]) == 1  # at least one
+  assert len(prep.mask_tokens(short, 0.15, 5, 50, rng)[1]) == 1  # at least one
 
 
 def test_next_sentences_follow_in_the_text(text, prepared):
@@ -215,7 +215,7 @@ def test_missing_or_mismatched_data_says_how_to_prepare_it(tmp_path, prepared):
     bp.check_prepared(str(tmp_path / 'none'), 128, 20)
   message = str(error.value)
   assert '\n' not in message and f'--output_dir={tmp_path / "none"}' in message
-  assert 'python -m data.bert_pretraining --input=' in message and '--max_seq_length=128' in message
+  assert 'python -m data.prepare_bert --input=' in message and '--max_seq_length=128' in message
   assert not bp.is_prepared(str(tmp_path / 'none')) and bp.is_prepared(prepared)
   bp.check_prepared(prepared, 64, 12)
   with pytest.raises(ConfigError, match='prepared with max_seq_length=64, max_predictions_per_seq=12'):
@@ -224,7 +224,7 @@ def test_missing_or_mismatched_data_says_how_to_prepare_it(tmp_path, prepared):
 
 def run_main(capsys, *args):
   with pytest.raises(SystemExit) as exit_:
-    bp.main(list(args))
+    prep.main(list(args))
   errors = capsys.readouterr().err.strip().splitlines()
   assert exit_.value.code == 2 and len(errors) == 1 and errors[0].startswith('error: '), errors
   return errors[0]
@@ -257,7 +257,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, text):
 
 def test_cli_as_a_process(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'data.bert_pretraining', f'--input={tmp_path}/*.txt',
+      [sys.executable, '-m', 'data.prepare_bert', f'--input={tmp_path}/*.txt',
        f'--output_dir={tmp_path}/out'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert result.returncode == 2 and len(errors) == 1 and 'no input files match' in errors[0]
@@ -267,33 +267,33 @@ def test_cli_as_a_process(tmp_path):
 def test_preparation_is_deterministic_atomic_and_reused(tmp_path, monkeypatch, capsys, prepared):
   text = str(tmp_path / 'small.txt')
   synthetic_text.generate(text, 60, SEED)
-  settings = bp.Settings(vocab_size=300, max_seq_length=32, max_predictions_per_seq=5,
-                         eval_documents=5, num_shards=2, seed=SEED)
+  settings = prep.Settings(vocab_size=300, max_seq_length=32, max_predictions_per_seq=5,
+                           eval_documents=5, num_shards=2, seed=SEED)
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-  bp.main([f'--input={text}', f'--output_dir={one}', '--vocab_size=300', '--max_seq_length=32',
-           '--max_predictions_per_seq=5', '--eval_documents=5', '--num_shards=2', f'--seed={SEED}'])
+  prep.main([f'--input={text}', f'--output_dir={one}', '--vocab_size=300', '--max_seq_length=32',
+             '--max_predictions_per_seq=5', '--eval_documents=5', '--num_shards=2', f'--seed={SEED}'])
   assert 'training and' in capsys.readouterr().out
-  bp.prepare([text], two, settings)
+  prep.prepare([text], two, settings)
   comparison = filecmp.dircmp(one, two)
   assert comparison.left_list == comparison.right_list and not comparison.left_only
   assert filecmp.cmpfiles(one, two, comparison.common_files, shallow=False)[0] == comparison.common_files
 
-  bp.prepare([text], str(tmp_path / 'three'), bp.Settings(**{**settings.__dict__, 'seed': SEED + 1}))
+  prep.prepare([text], str(tmp_path / 'three'), prep.Settings(**{**settings.__dict__, 'seed': SEED + 1}))
   assert not filecmp.cmp(os.path.join(one, 'train-00000-of-00002.tfrecord'),
                          tmp_path / 'three' / 'train-00000-of-00002.tfrecord', shallow=False)
 
-  monkeypatch.setattr(bp, '_write', lambda *_: pytest.fail('prepared again'))
-  assert bp.prepare([text], one, settings) == bp.info(one)  # done already: nothing to do
+  monkeypatch.setattr(prep, '_write', lambda *_: pytest.fail('prepared again'))
+  assert prep.prepare([text], one, settings) == bp.info(one)  # done already: nothing to do
   with pytest.raises(ConfigError, match='other settings'):
-    bp.prepare([text], one, bp.Settings(**{**settings.__dict__, 'max_seq_length': 48}))
+    prep.prepare([text], one, prep.Settings(**{**settings.__dict__, 'max_seq_length': 48}))
   monkeypatch.undo()
 
-  tokenized = bp.prepare([text], str(tmp_path / 'long'), bp.Settings(**{
+  tokenized = prep.prepare([text], str(tmp_path / 'long'), prep.Settings(**{
       **settings.__dict__, 'max_seq_length': 48, 'tokenizer': os.path.join(one, 'spm.model')}))
   assert tokenized['vocab_size'] == bp.info(one)['vocab_size']
   assert filecmp.cmp(os.path.join(one, 'spm.model'), tmp_path / 'long' / 'spm.model', shallow=False)
   with pytest.raises(ConfigError, match='more than vocab_size=100'):
-    bp.prepare([text], str(tmp_path / 'small_vocab'), bp.Settings(**{
+    prep.prepare([text], str(tmp_path / 'small_vocab'), prep.Settings(**{
         **settings.__dict__, 'vocab_size': 100, 'tokenizer': os.path.join(one, 'spm.model')}))
   assert [f for f in os.listdir(tmp_path) if f.startswith('.')] == []
 
@@ -305,7 +305,7 @@ def test_prepare_tiny_generates_once_and_reuses(tmp_path, monkeypatch):
   assert synthetic_text.prepare_tiny(data_dir, **kwargs) == data_dir
   bp.check_prepared(data_dir, 32, 5)
   assert sorted(os.listdir(tmp_path)) == ['synthetic_bert', f'synthetic_text-50-{SEED}.txt']
-  monkeypatch.setattr(bp, '_write', lambda *_: pytest.fail('prepared again'))
+  monkeypatch.setattr(prep, '_write', lambda *_: pytest.fail('prepared again'))
   monkeypatch.setattr(synthetic_text, 'generate', lambda *_: pytest.fail('generated again'))
   assert synthetic_text.prepare_tiny(data_dir, **kwargs) == data_dir
 

@@ -231,7 +231,11 @@ def test_cli_writes_files_without_importing_jax(bench, tmp_path):
 ])
 def test_cli_bad_input_is_one_error_line(bench, tmp_path, capsys, args, message):
   args = [arg.format(tmp=tmp_path, bench=bench) for arg in args]
-  assert compare.main([*args, '--out', str(tmp_path / 'out')]) == 2
+  try:
+    code = compare.main([*args, '--out', str(tmp_path / 'out')])
+  except SystemExit as exit_:  # a bad argument: the parser exits
+    code = exit_.code
+  assert code == 2
   errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith('skipped ')]
   assert len(errors) == 1 and errors[0].startswith(message.format(tmp=tmp_path, bench=bench))
   assert not (tmp_path / 'out').exists()
