@@ -77,7 +77,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   # (eval metric, value, 'above' | 'below'); the first eval meeting it is recorded.
   config.target = ('loss', 0.0, 'below')
   config.stop_at_target = False
-  config.log_optimizer_metrics = False  # e.g. Shampoo root errors / failed roots, with train metrics
+  config.log_optimizer_metrics = False  # details (e.g. Shampoo root errors) with train metrics; health always
 
   # Curvature diagnostics on one fixed batch (trainer/diagnostics.py): top Hessian eigenvalue,
   # Hessian trace, R_med overall and per parameter, Shampoo's statistics' conditioning.

@@ -35,8 +35,10 @@ WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
 class Optimizer(NamedTuple):
   fields: tuple[str, ...]  # the hyperparameters `direction` reads from the block
   direction: Callable[[ml_collections.ConfigDict], optax.GradientTransformation]
-  # Optimizer-state health (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
+  # Optimizer-state details (e.g. Shampoo's root errors), logged when config.log_optimizer_metrics.
   metrics: Callable[[optax.OptState], dict] = lambda state: {}
+  # Optimizer-state health that every run logs (e.g. Shampoo's failed roots).
+  health: Callable[[optax.OptState], dict] = lambda state: {}
   # Whether `direction` takes (cfg, kfac.LossContext, schedule, damping multipliers or None): curvature
   # from the task's loss.
   needs_loss: bool = False
@@ -52,7 +54,7 @@ REGISTRY: dict[str, Optimizer] = {
     'lars': Optimizer(first_order.LARS_FIELDS, first_order.lars, owns_weight_decay=True),
     'shampoo': Optimizer(shampoo.FIELDS,
                          lambda cfg: shampoo.scale_by_shampoo(**{k: cfg[k] for k in shampoo.FIELDS}),
-                         shampoo.metrics),
+                         shampoo.metrics, shampoo.health),
     'kfac': Optimizer(kfac.FIELDS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
 }
 
@@ -90,9 +92,12 @@ def needs_loss(name: str) -> bool:
   return _lookup(name).needs_loss
 
 
-def state_metrics(name: str):
-  """The optimizer's state-health function (empty dict for those that have none)."""
-  return _lookup(name).metrics
+def state_metrics(name: str, detailed: bool):
+  """optimizer state -> metrics: its health, and its details too when `detailed`."""
+  optimizer = _lookup(name)
+  if not detailed:
+    return optimizer.health
+  return lambda state: {**optimizer.health(state), **optimizer.metrics(state)}
 
 
 def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,

@@ -109,7 +109,7 @@ def test_adaptive_damping_equals_kfac_jax_own_optimizer(lr, interval, trend):
     ours = optax.apply_updates(ours, updates)
     theirs, reference_state, stats = reference.step(theirs, reference_state, step_rng, batch=batch,
                                                     global_step_int=step)
-    ours_metrics = optimizers.state_metrics('kfac')(state)
+    ours_metrics = optimizers.state_metrics('kfac', detailed=True)(state)
     np.testing.assert_allclose(ours_metrics['kfac_damping'], reference_state.damping, rtol=1e-6)
     if (step + 1) % interval == 0:
       np.testing.assert_allclose(ours_metrics['kfac_rho'], stats['rho'], rtol=1e-4)

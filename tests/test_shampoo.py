@@ -345,3 +345,39 @@ def test_momentum_on_the_grafted_direction(nesterov, moving_average):
     m = beta1 * m + fresh * g
     expected = beta1 * m + fresh * g if nesterov else m
     np.testing.assert_allclose(update['w'], expected, rtol=1e-5)
+
+
+def _dot_generals(jaxpr):
+  """Every dot_general of a jaxpr, inside loops, conds and nested jits too."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _dot_generals(inner)
+
+
+@pytest.mark.parametrize('root_method', ['newton', 'eigh'])
+def test_every_float32_product_of_an_update_asks_for_full_precision(root_method):
+  """On TPU (bfloat16 passes) and GPU (TF32) a product without HIGHEST silently loses precision."""
+  params = {'conv': jnp.zeros((3, 3, 8, 16)), 'dense': jnp.zeros((16, 10)), 'bias': jnp.zeros(10)}
+  tx = shampoo.shampoo(0.1, **{**DEFAULTS, 'root_method': root_method, 'block_size': 8, 'graft_type': 'sgd',
+                               'exponent_override': 4, 'start_preconditioning_step': 1,
+                               'merge_small_dims_block_size': 8})
+  state = tx.init(params)
+  jaxpr = jax.make_jaxpr(tx.update)(params, state, params).jaxpr
+  products = [eqn for eqn in _dot_generals(jaxpr) if eqn.invars[0].aval.dtype == jnp.float32]
+  assert len(products) > 10
+  loose = [str(eqn) for eqn in products
+           if eqn.params['precision'] != (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)]
+  assert not loose, loose[0]
+
+
+def test_a_newton_iteration_that_turns_non_finite_is_a_failed_root():
+  """An overflowing statistic (its Newton iterates turn non-finite) reports an infinite error, so
+  its root is rejected; the other matrix of the stack is unaffected."""
+  stats = jnp.stack([jnp.eye(4) * 3e38, jnp.eye(4)])
+  roots, errors = shampoo.inverse_pth_root(stats, 4, epsilon=1e-6, relative_epsilon=False)
+  assert errors[0] == jnp.inf and bool(jnp.isfinite(errors[1])) and errors[1] < 1e-3

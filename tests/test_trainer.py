@@ -238,16 +238,31 @@ def test_tiny_shampoo_config_reaches_its_target(tmp_path):
   assert summary['status'] == 'completed' and summary['steps_to_target'] is not None
 
 
-def test_optimizer_metrics_are_logged_only_when_enabled(tmp_path):
+def test_root_health_is_always_logged_and_details_only_when_enabled(tmp_path, capsys):
   common = dict(num_steps=20, log_every=10, eval_every=20, optimizer__preconditioning_compute_steps=5,
                 optimizer__start_preconditioning_step=1)
   run(tmp_path, 'lp_regression_shampoo', workdir='off', **common)
-  assert not any('shampoo_failed_roots_total' in r for r in lines(tmp_path / 'off'))
+  logged = lines(tmp_path / 'off')
+  assert all(r['shampoo_failed_roots_total'] == 0 and r['shampoo_graft_share'] == 0 and
+             r['shampoo_refresh_failed_share'] == 0 and 'shampoo_max_root_error' not in r for r in logged)
   run(tmp_path, 'lp_regression_shampoo', workdir='on', log_optimizer_metrics=True, **common)
   logged = lines(tmp_path / 'on')
   # refreshes at t = 1 (the start step), 5, 10, 15: 2 by step 10, 4 by step 20
   assert [r['shampoo_root_refreshes_total'] for r in logged] == [2, 4]
   assert all(r['shampoo_failed_roots_total'] == 0 and r['shampoo_max_root_error'] < 0.1 for r in logged)
+  assert 'warning' not in capsys.readouterr().out
+
+
+def test_a_run_whose_roots_all_fail_says_so_once(tmp_path, capsys):
+  """Every root rejected (a threshold no root meets): Shampoo is its graft, and the run says it."""
+  run(tmp_path, 'lp_regression_shampoo', num_steps=30, log_every=10, eval_every=30,
+      optimizer__preconditioning_compute_steps=5, optimizer__start_preconditioning_step=1,
+      optimizer__inverse_failure_threshold=1e-30)
+  logged = lines(tmp_path / 'run')
+  assert [r['shampoo_graft_share'] for r in logged] == [1.0, 1.0, 1.0]
+  assert all(r['shampoo_refresh_failed_share'] == 1.0 for r in logged)
+  warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith('warning:')]
+  assert len(warnings) == 1 and '100% of shampoo\'s roots failed' in warnings[0]
 
 
 def test_a_lost_summary_is_rebuilt_from_the_final_checkpoint_without_training(tmp_path):

@@ -40,6 +40,8 @@ from trainer.checkpoints import Checkpointer
 MAX_STEPS_IN_FLIGHT = 2
 COMPLETED, REACHED_TARGET, DIVERGED, INTERRUPTED = 'completed', 'reached_target', 'diverged', 'interrupted'
 DIRECTIONS = ('above', 'below')
+AT_WINDOW_END = ('_total', '_share')  # metrics logged at their window-end value, not the window mean
+FAILED_ROOTS_WARNING = 0.1  # share of a refresh's roots that failed, above which the run warns once
 
 
 @flax.struct.dataclass
@@ -135,7 +137,7 @@ def width_multipliers(config, task, params) -> optimizers.parameterization.Multi
   return multipliers
 
 
-def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=None):
+def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics):
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
   def loss_and_grads(params, model_state, batch, rng):
@@ -170,13 +172,25 @@ def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics=N
     params = optax.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
-    if state_metrics is not None:
-      metrics.update(state_metrics(opt_state))
+    metrics.update(state_metrics(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, metrics
 
   return train_step
+
+
+def _warn_on_failed_roots(means: dict[str, float], step: int) -> bool:
+  """Warns (and returns True) when more than FAILED_ROOTS_WARNING of the latest refresh failed."""
+  for key, share in means.items():
+    if key.endswith('_refresh_failed_share') and share > FAILED_ROOTS_WARNING:
+      name = key.removesuffix('_refresh_failed_share')
+      graft = means.get(f'{name}_graft_share', math.nan)
+      print(f'warning: {share:.0%} of {name}\'s roots failed at its latest refresh (by step {step}) and kept '
+            f'their previous ones; {graft:.0%} of its blocks never got a root and follow the graft alone '
+            f'(metrics.jsonl: {name}_*)', flush=True)
+      return True
+  return False
 
 
 class _Progress(periodic_actions.PeriodicAction):
@@ -315,7 +329,7 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
                        rng=replicated),
       params=param_shardings, model_state=model_state_shardings,
       batch=partitioning.batch_sharding(mesh), replicated=replicated)
-  state_metrics = optimizers.state_metrics(config.optimizer.name) if config.log_optimizer_metrics else None
+  state_metrics = optimizers.state_metrics(config.optimizer.name, config.log_optimizer_metrics)
   devices = list(devices)
   return Setup(
       task=task, target=target, mesh=mesh, shardings=shardings, abstract_state=abstract_state,
@@ -440,7 +454,7 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
       values = jax.device_get(steps.diagnose(state))
     writer.write_scalars(step, {f'diagnostics/{k}': v for k, v in values.items()})
 
-  status, window = None, []
+  status, window, warned_roots = None, [], False
   if steps.diagnose and step == 0:
     log_diagnostics(state, step)
   timer.start_training()
@@ -465,12 +479,14 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
           summary['diverged_at_step'] = bad + 1
           status = DIVERGED
           break
-        # Window means, except cumulative counters (`*_total`): their value at the window's end.
-        means = {k: float(fetched[-1][k] if k.endswith('_total') else np.mean([m[k] for m in fetched]))
+        # Window means, except counters and optimizer-state shares: their value at the window's end.
+        means = {k: float(fetched[-1][k] if k.endswith(AT_WINDOW_END) else np.mean([m[k] for m in fetched]))
                  for k in fetched[0]}
         summary['final_train'] = means
         writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
         progress.loss = means['loss']
+        if is_main and not warned_roots and _warn_on_failed_roots(means, step):
+          warned_roots = True
       progress(step, timer.train_seconds)
       if step % intervals.eval_every == 0 or step == num_steps:
         with timer.pause('eval', state):

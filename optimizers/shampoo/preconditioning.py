@@ -3,7 +3,7 @@
 A block with k preconditioned dimensions has k statistics
 L_i <- beta2 L_i + (1-beta2) G_(i) G_(i)^T (beta2 = 1: plain sums), and its direction
 is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}. A root with error >= `inverse_failure_threshold`,
-or not finite, keeps the previous one.
+or not finite, keeps the previous one. Every product is full float32 (`roots.HIGHEST`).
 """
 
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ def block_statistics(blocks, slots):
   copy of every block would cost ~20% of the statistics time on CPU.
   """
   modes = 'abcdefghijklm'[:blocks.ndim - 1]
-  return [jnp.einsum(f'n{modes},n{modes.replace(m, "z")}->n{m}z', blocks, blocks)
+  return [jnp.einsum(f'n{modes},n{modes.replace(m, "z")}->n{m}z', blocks, blocks, precision=roots_lib.HIGHEST)
           for m, slot in zip(modes, slots) if slot]
 
 
@@ -42,9 +42,9 @@ def update_statistics(stats, blocks, layouts: list[blocking.Layout], beta2: floa
 def refresh_roots(stats, roots, masks, hp: dict, dtype):
   """Fresh inverse roots of every bucket, the previous root where one failed.
 
-  Returns the roots, each matrix's root error, and how many matrices failed.
+  Returns the roots, each matrix's root error, and per bucket which matrices got a fresh root.
   """
-  out_roots, out_errors, failed = {}, {}, jnp.zeros((), jnp.int32)
+  out_roots, out_errors, succeeded = {}, {}, {}
   for key in stats:
     computed, error = roots_lib.inverse_pth_root(
         stats[key], blocking.bucket_exponent(key), epsilon=hp['matrix_epsilon'],
@@ -54,8 +54,8 @@ def refresh_roots(stats, roots, masks, hp: dict, dtype):
     ok = (error < hp['inverse_failure_threshold']) & jnp.all(jnp.isfinite(computed), axis=(-2, -1))
     out_roots[key] = jnp.where(ok[:, None, None], computed.astype(dtype), roots[key])
     out_errors[key] = error
-    failed += jnp.sum(~ok)
-  return out_roots, out_errors, failed
+    succeeded[key] = ok
+  return out_roots, out_errors, succeeded
 
 
 def apply_roots(blocks, roots):
@@ -65,7 +65,7 @@ def apply_roots(blocks, roots):
   """
   for root in roots:
     blocks = (jnp.moveaxis(blocks, 1, -1) if root is None
-              else jnp.einsum('nj...,naj->n...a', blocks, root))
+              else jnp.einsum('nj...,naj->n...a', blocks, root, precision=roots_lib.HIGHEST))
   return blocks
 
 

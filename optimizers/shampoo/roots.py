@@ -2,6 +2,11 @@
 
 Coupled Newton iteration, scaled before each step (or eigh), damped by epsilon (times
 the largest eigenvalue, by power iteration, when relative). Pure functions of arrays.
+
+Every product passes `precision=HIGHEST` itself: a TPU multiplies float32 matrices in one
+bfloat16 pass by default (a GPU in TF32), which stalls the Newton iteration past a condition
+number of about 1e4; a `jax.default_matmul_precision` context would not reach the traced
+program of a caller that does not set it.
 """
 
 import functools
@@ -12,6 +17,24 @@ import numpy as np
 
 ROOT_METHODS = ('newton', 'eigh')
 POWER_ITERATIONS = 50
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def matmul(a, b):
+  """a @ b in full float32, whatever the platform's default precision."""
+  return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def _matrix_power(x, p: int):
+  """x^p by repeated squaring, each product in full float32."""
+  result = None
+  while p:
+    if p & 1:
+      result = x if result is None else matmul(result, x)
+    p >>= 1
+    if p:
+      x = matmul(x, x)
+  return result
 
 
 def _max_eigenvalue(a: jax.Array) -> jax.Array:
@@ -19,11 +42,11 @@ def _max_eigenvalue(a: jax.Array) -> jax.Array:
   v = jax.random.normal(jax.random.PRNGKey(0), a.shape[:-1], a.dtype)
 
   def step(_, v):
-    w = jnp.einsum('nij,nj->ni', a, v)
+    w = jnp.einsum('nij,nj->ni', a, v, precision=HIGHEST)
     return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-30)
 
   v = jax.lax.fori_loop(0, POWER_ITERATIONS, step, v / jnp.linalg.norm(v, axis=-1, keepdims=True))
-  return jnp.einsum('ni,nij,nj->n', v, a, v)
+  return jnp.einsum('ni,nij,nj->n', v, a, v, precision=HIGHEST)
 
 
 def _newton_map(mu, p: int):
@@ -70,7 +93,10 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
     """max|M - I|, and the spectrum's lower bound raised to 1 - ||M - I||_F where that is larger."""
     distance = m - identity
     frobenius = jnp.sqrt(jnp.sum(jnp.square(distance), axis=(-2, -1)))
-    return jnp.max(jnp.abs(distance), axis=(-2, -1)), jnp.maximum(lower, 1 - frobenius)
+    # A non-finite iterate has an infinite error (a max over NaNs need not be NaN on every backend).
+    finite = jnp.all(jnp.isfinite(distance), axis=(-2, -1))
+    error = jnp.where(finite, jnp.max(jnp.abs(distance), axis=(-2, -1)), jnp.inf)
+    return error, jnp.maximum(lower, 1 - frobenius)
 
   error, lower = error_and_bound(m, jnp.clip(smallest / largest, 10.0 ** log_a[0], 1.0))
 
@@ -85,8 +111,8 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
     expand = lambda x: x[:, None, None]
     scaled_m = expand(s) * m
     m_i = ((p + 1) * identity - scaled_m) / p
-    new_m = jnp.linalg.matrix_power(m_i, p) @ scaled_m
-    new_h = expand(s ** (1.0 / p)) * h @ m_i
+    new_m = matmul(_matrix_power(m_i, p), scaled_m)
+    new_h = matmul(expand(s ** (1.0 / p)) * h, m_i)
     new_error, new_lower = error_and_bound(
         new_m, jnp.minimum(_newton_map(s * lower, p), _newton_map(s, p)))
     better = active & (new_error < best_error)
@@ -103,7 +129,7 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
 def _eigh_root(a, p: int):
   eigenvalues, vectors = jnp.linalg.eigh(a)
   powered = jnp.maximum(eigenvalues, 1e-30) ** (-1.0 / p)
-  roots = jnp.einsum('nij,nj,nkj->nik', vectors, powered, vectors)
+  roots = jnp.einsum('nij,nj,nkj->nik', vectors, powered, vectors, precision=HIGHEST)
   return roots, jnp.where(jnp.all(eigenvalues > 0, axis=-1), 0.0, jnp.inf)
 
 
@@ -128,4 +154,4 @@ def inverse_pth_root(matrices, p: int, *, epsilon: float, relative_epsilon: bool
     roots, errors = _eigh_root(a, p)
   else:
     roots, errors = _newton_root(a, p, iterations, tolerance, largest + damping, damping)
-  return roots, jnp.where(largest > 0, errors, jnp.inf)
+  return roots, jnp.where((largest > 0) & jnp.isfinite(errors), errors, jnp.inf)

@@ -83,7 +83,9 @@ class ShampooState(NamedTuple):
   roots: dict[str, jax.Array]  # bucket -> [n, b, b] inverse roots in use
   root_errors: dict[str, jax.Array]  # bucket -> [n] error of the latest root computation
   failed_roots: jax.Array     # matrices whose root failed and kept the previous one (cumulative)
+  refresh_failures: jax.Array  # matrices whose root failed at the latest refresh
   root_refreshes: jax.Array   # times the roots were recomputed
+  rooted: dict[str, jax.Array]  # bucket -> [n] whether the matrix ever got a root (else: identity)
   graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
   momentum: Any               # per-parameter momentum, or None
 
@@ -106,7 +108,9 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
     return ShampooState(
         count=jnp.zeros((), jnp.int32), stats=zeros, roots=eye,
         root_errors={k: jnp.zeros(v.shape[0], jnp.float32) for k, v in zeros.items()},
-        failed_roots=jnp.zeros((), jnp.int32), root_refreshes=jnp.zeros((), jnp.int32),
+        failed_roots=jnp.zeros((), jnp.int32), refresh_failures=jnp.zeros((), jnp.int32),
+        root_refreshes=jnp.zeros((), jnp.int32),
+        rooted={k: jnp.zeros(v.shape[0], bool) for k, v in zeros.items()},
         graft=per_param() if grafting.keeps_accumulators(hp['graft_type']) else None,
         momentum=per_param() if beta1 > 0 else None)
 
@@ -124,10 +128,11 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
 
     # Roots are only used from `start` on: none before, one at `start`, then every k updates.
     refresh = (count >= start) & ((count % hp['preconditioning_compute_steps'] == 0) | (count == start))
-    roots, root_errors, failed = jax.lax.cond(
+    roots, root_errors, succeeded = jax.lax.cond(
         refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], masks, hp, dtype),
-        lambda args: (args[1], args[2], jnp.zeros((), jnp.int32)),
-        (stats, state.roots, state.root_errors))
+        lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3])),
+        (stats, state.roots, state.root_errors, state.rooted))
+    failed = jnp.where(refresh, sum(jnp.sum(~ok) for ok in succeeded.values()), 0).astype(jnp.int32)
 
     graft, accumulators = grafting.directions(
         grads, jax.tree.leaves(state.graft) if state.graft is not None else None, count,
@@ -153,7 +158,9 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
     new_state = ShampooState(
         count=count + 1, stats=stats, roots=roots, root_errors=root_errors,
         failed_roots=state.failed_roots + failed,
+        refresh_failures=jnp.where(refresh, failed, state.refresh_failures),
         root_refreshes=state.root_refreshes + refresh.astype(jnp.int32),
+        rooted=jax.tree.map(jnp.logical_or, state.rooted, succeeded),
         graft=jax.tree.unflatten(treedef, accumulators) if accumulators is not None else None,
         momentum=momentum)
     out = [d.astype(g.dtype) for d, g in zip(directions, leaves)]
@@ -162,17 +169,38 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def metrics(opt_state) -> dict[str, jax.Array]:
-  """Preconditioner health from any optimizer state that contains a ShampooState."""
+def _find_state(opt_state) -> ShampooState | None:
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ShampooState))
            if isinstance(x, ShampooState)]
-  if not found:
+  return found[0] if found else None
+
+
+def _share(counts, total):
+  return counts / max(total, 1)
+
+
+def health(opt_state) -> dict[str, jax.Array]:
+  """What every run logs: failed roots (cumulative and at the latest refresh, as a share of the
+  matrices) and the share of matrices that never got a root, whose blocks move along the graft
+  direction alone. Rejected roots are silent otherwise: Shampoo quietly becomes its graft."""
+  state = _find_state(opt_state)
+  if state is None:
     return {}
-  state = found[0]
+  total = sum(v.shape[0] for v in state.rooted.values())
+  unrooted = sum(jnp.sum(~v) for v in state.rooted.values()) if state.rooted else jnp.zeros((), jnp.int32)
+  return {'shampoo_failed_roots_total': state.failed_roots,
+          'shampoo_refresh_failed_share': _share(state.refresh_failures, total),
+          'shampoo_graft_share': _share(unrooted, total)}
+
+
+def metrics(opt_state) -> dict[str, jax.Array]:
+  """Root errors and refresh count, beside `health`; logged when asked (log_optimizer_metrics)."""
+  state = _find_state(opt_state)
+  if state is None:
+    return {}
   errors = jnp.concatenate([e for e in state.root_errors.values()]) if state.root_errors else jnp.zeros(1)
   finite = jnp.where(jnp.isfinite(errors), errors, 0.0)
   return {'shampoo_max_root_error': jnp.max(finite), 'shampoo_mean_root_error': jnp.mean(finite),
-          'shampoo_failed_roots_total': state.failed_roots,
           'shampoo_root_refreshes_total': state.root_refreshes}
 
 
