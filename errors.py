@@ -6,6 +6,7 @@ stderr and exit code 2.
 """
 
 import argparse
+import math
 import sys
 
 
@@ -14,8 +15,10 @@ class ConfigError(ValueError):
 
 
 def check_range(block, field: str, low, high, *, high_inclusive: bool = False, prefix: str = 'optimizer'):
-  """Rejects block[field] outside [low, high) (or [low, high]), naming `prefix.field`."""
+  """Rejects block[field] outside [low, high) (or [low, high]), or not finite, naming `prefix.field`."""
   value = block[field]
+  if not math.isfinite(value):
+    raise ConfigError(f'{prefix}.{field}={value} must be a finite number')
   too_high = high is not None and (value > high if high_inclusive else value >= high)
   if value < low or too_high:
     upper = 'inf' if high is None else high

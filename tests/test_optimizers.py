@@ -119,7 +119,8 @@ def test_clipping_bounds_the_update():
 @pytest.mark.parametrize('name,field,value', [
     ('adam', 'b2', 1.5), ('adam', 'eps', -1.0), ('sgd', 'momentum', -0.1),
     ('adagrad', 'initial_accumulator_value', -1.0), ('sgd', 'learning_rate', -0.1),
-    ('sgd', 'weight_decay_mode', 'sideways'),
+    ('sgd', 'weight_decay_mode', 'sideways'), ('adam', 'learning_rate', float('nan')),
+    ('adam', 'eps', float('inf')), ('sgd', 'weight_decay', float('nan')),
 ])
 def test_bad_hyperparameters_name_the_field(name, field, value):
   cfg = base.optimizer(name, **{field: value})

@@ -322,7 +322,8 @@ def test_precondition_embeddings_uses_the_small_dims_statistics_only():
 
 @pytest.mark.parametrize('field,value', [
     ('block_size', 0), ('beta2', 1.5), ('beta1', -0.1), ('graft_type', 'nope'),
-    ('matrix_epsilon', -1.0), ('root_method', 'svd'),
+    ('matrix_epsilon', -1.0), ('root_method', 'svd'), ('matrix_epsilon', float('nan')),
+    ('inverse_failure_threshold', float('nan')),
 ])
 def test_bad_hyperparameters_name_the_field(field, value):
   with pytest.raises(ConfigError, match=rf'\b{field}\b'):

@@ -195,10 +195,12 @@ def test_finished_run_is_not_rerun(tmp_path):
 
 def test_changed_config_is_refused_on_an_existing_run(tmp_path):
   run(tmp_path, num_steps=10, eval_every=5)
-  before = {f: os.path.getmtime(tmp_path / 'run' / f) for f in os.listdir(tmp_path / 'run')}
+  files = lambda: {f: os.path.getmtime(tmp_path / 'run' / f) for f in os.listdir(tmp_path / 'run')
+                   if f != '.lock'}  # the workdir lock, which the refused run held while it checked
+  before = files()
   with pytest.raises(ConfigError, match='optimizer.learning_rate'):
     run(tmp_path, num_steps=10, eval_every=5, optimizer__learning_rate=0.5)
-  assert before == {f: os.path.getmtime(tmp_path / 'run' / f) for f in os.listdir(tmp_path / 'run')}
+  assert before == files()
   resumed = run(tmp_path, num_steps=20, eval_every=5)  # run-length changes are allowed
   assert resumed['step'] == 20
 
@@ -213,6 +215,9 @@ def test_changed_config_is_refused_on_an_existing_run(tmp_path):
     (dict(num_steps=0), 'num_steps=0'),
     (dict(schedule__warmup_steps=10_000), 'warmup_steps'),
     (dict(task__generate=False, task__dataset='nowhere'), 'no gas-sensor data'),
+    (dict(optimizer__learning_rate=float('nan')), 'optimizer.learning_rate=nan must be a finite number'),
+    (dict(task__init_scale=float('inf')), 'task.init_scale=inf must be a finite number'),
+    (dict(target=('loss', float('nan'), 'below')), 'target=.* must be a finite number'),
 ])
 def test_bad_config_is_refused_before_the_workdir_exists(tmp_path, overrides, message):
   with pytest.raises(ConfigError, match=message):
@@ -325,3 +330,11 @@ def test_a_pause_inside_another_is_charged_to_its_own_phase_only():
   wall = time.perf_counter() - start
   assert timer.seconds['compile'] >= 0.1 and timer.seconds['eval'] >= 0.05
   assert timer.seconds['eval'] + timer.seconds['compile'] <= wall
+
+
+def test_a_second_run_in_a_workdir_in_use_is_refused(tmp_path):
+  run(tmp_path, num_steps=5)
+  with trainer.workdir.WorkdirLock(str(tmp_path / 'run')):
+    with pytest.raises(ConfigError, match=r'workdir .*run is in use by pid \d+ on host'):
+      run(tmp_path, num_steps=10)
+  assert run(tmp_path, num_steps=10)['step'] == 10

@@ -78,6 +78,13 @@ class Target:
     return value >= self.value if self.direction == 'above' else value <= self.value
 
 
+def _check_finite(config: ml_collections.ConfigDict) -> None:
+  """Every float setting must be a number: a NaN learning rate or scale trains nothing, silently."""
+  for key, value in workdirs.flatten(config.to_dict()).items():
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+      raise ConfigError(f'{key}={value} must be a finite number')
+
+
 def _check_steps_and_batch(config, mesh_shape: dict[str, int], process_count: int) -> None:
   for field in ('num_steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints',
                 'global_batch_size', 'eval_batch_size', 'grad_accum_steps'):
@@ -299,6 +306,7 @@ class Steps(NamedTuple):
 
 def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], name: str) -> Setup:
   """Everything that can reject the config, before the workdir is touched."""
+  _check_finite(config)
   optimizers.parameterization.check(config)
   task = tasks.get(config.task.name)(config)
   target = Target.from_config(config.target, task.eval_metric_names)
@@ -528,45 +536,47 @@ def run(config: ml_collections.ConfigDict, workdir: str, name: str,
   # ---- Set up: the config is checked and resolved once; only then is the workdir written.
   setup = set_up(config, list(devices or jax.devices()), name)
   is_main = jax.process_index() == 0
-  workdirs.prepare(workdir, config, write=is_main)
+  # One run per workdir: the lock is held until the run returns (or dies).
+  with workdirs.locked(workdir, enabled=is_main):
+    workdirs.prepare(workdir, config, write=is_main)
 
-  # ---- Restore, or initialize.
-  checkpointer = Checkpointer(workdir, setup.keep_checkpoints)
-  state, meta, timer = restore_or_init(setup, checkpointer)
-  start_step = int(state.step)
-  stopped_at_target = setup.intervals.stop_at_target and meta['steps_to_target'] is not None
-  finished = start_step >= setup.intervals.num_steps or stopped_at_target
-  summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
-  if finished and os.path.exists(summary_path):
+    # ---- Restore, or initialize.
+    checkpointer = Checkpointer(workdir, setup.keep_checkpoints)
+    state, meta, timer = restore_or_init(setup, checkpointer)
+    start_step = int(state.step)
+    stopped_at_target = setup.intervals.stop_at_target and meta['steps_to_target'] is not None
+    finished = start_step >= setup.intervals.num_steps or stopped_at_target
+    summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
+    if finished and os.path.exists(summary_path):
+      checkpointer.close()
+      logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
+      with open(summary_path) as f:
+        return json.load(f)
+    if is_main:
+      writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
+    writer = writers.create(workdir, is_main, timer.totals)
+    if start_step == 0:
+      writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
+                            if isinstance(v, (int, float, str, bool))})
+
+    # ---- Compile, then train (or, killed after its last checkpoint but before summary.json,
+    # evaluate once more to rebuild the summary).
+    steps = compile_steps(setup, state, timer)
+    summary = {**setup.summary, 'status': None, 'step': start_step, 'final_eval': None, 'final_train': None}
+    if finished:
+      step, status = start_step, REACHED_TARGET if stopped_at_target else COMPLETED
+      with timer.pause('eval'):
+        summary['final_eval'] = steps.evaluate(state, start_step)
+    else:
+      state, step, status = train(setup, steps, state, meta, timer, writer, checkpointer, summary)
+
+    # ---- Finish: wait for the last checkpoint, close the writers, write summary.json.
     checkpointer.close()
-    logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
-    with open(summary_path) as f:
-      return json.load(f)
-  if is_main:
-    writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
-  writer = writers.create(workdir, is_main, timer.totals)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
-
-  # ---- Compile, then train (or, killed after its last checkpoint but before summary.json,
-  # evaluate once more to rebuild the summary).
-  steps = compile_steps(setup, state, timer)
-  summary = {**setup.summary, 'status': None, 'step': start_step, 'final_eval': None, 'final_train': None}
-  if finished:
-    step, status = start_step, REACHED_TARGET if stopped_at_target else COMPLETED
-    with timer.pause('eval'):
-      summary['final_eval'] = steps.evaluate(state, start_step)
-  else:
-    state, step, status = train(setup, steps, state, meta, timer, writer, checkpointer, summary)
-
-  # ---- Finish: wait for the last checkpoint, close the writers, write summary.json.
-  checkpointer.close()
-  writer.flush()
-  writer.close()
-  summary.update(status=status, step=step, steps_to_target=meta['steps_to_target'],
-                 train_seconds_to_target=meta['train_seconds_to_target'],
-                 last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())
-  if is_main:
-    workdirs.write_json(summary_path, summary)
-  return summary
+    writer.flush()
+    writer.close()
+    summary.update(status=status, step=step, steps_to_target=meta['steps_to_target'],
+                   train_seconds_to_target=meta['train_seconds_to_target'],
+                   last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())
+    if is_main:
+      workdirs.write_json(summary_path, summary)
+    return summary

@@ -69,7 +69,7 @@ def _validate(hp: dict) -> None:
   for field in ('preconditioning_compute_steps', 'statistics_compute_steps', 'newton_iterations',
                 'skip_preconditioning_dim_size_gt', 'merge_small_dims_block_size'):
     check_range(hp, field, 1, None)
-  if hp['inverse_failure_threshold'] <= 0:
+  if not hp['inverse_failure_threshold'] > 0:  # NaN too
     raise ConfigError(f'optimizer.inverse_failure_threshold={hp["inverse_failure_threshold"]} must be > 0')
   for field, choices in (('graft_type', grafting.GRAFT_TYPES), ('root_method', roots_lib.ROOT_METHODS),
                          ('statistics_dtype', tuple(DTYPES))):
