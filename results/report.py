@@ -47,8 +47,7 @@ def sweep_seconds(root: str) -> float:
   path = os.path.join(root, TIMING_FILE)
   if not os.path.exists(path):
     return 0.0
-  with open(path) as f:
-    return sum(json.loads(line)['seconds'] for line in f if line.strip())
+  return sum(line['seconds'] for line in runs_lib.read_metrics(path))
 
 
 def summary_matrix(best: dict[str, dict[str, compare.Setting]]) -> str:

@@ -12,9 +12,12 @@ import functools
 import json
 import math
 import os
+import sys
 from typing import Iterable, NamedTuple
 
 import numpy as np
+
+from errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -105,18 +108,29 @@ def common_target(runs: Iterable[Run]) -> Target:
 
 
 def read_metrics(path: str) -> list[dict]:
-  """The lines of a metrics.jsonl; a malformed last line (a run killed mid-write) is dropped."""
+  """The lines of a metrics.jsonl, less a torn last line (a run killed mid-write), with a warning.
+
+  As trainer/writers.read_jsonl reads it on resume; results/ may not import the trainer.
+
+  Raises:
+    ConfigError: a line before the last is not a JSON object (names the file and line).
+  """
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
+  with open(path, 'rb') as f:
+    lines = [(number, line) for number, line in enumerate(f.read().split(b'\n'), 1) if line.strip()]
   metrics = []
-  for number, line in enumerate(lines, 1):
+  for number, line in lines:
     try:
-      metrics.append(json.loads(line))
-    except json.JSONDecodeError:
-      if number < len(lines):
-        raise ValueError(f'{path}: line {number} is not JSON') from None
+      record = json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+      record = None
+    if isinstance(record, dict):
+      metrics.append(record)
+    elif number < lines[-1][0]:
+      raise ConfigError(f'{path}: line {number} is not a JSON object')
+    else:
+      print(f'{os.path.basename(path)}: dropped a torn last line ({len(line)} bytes)', file=sys.stderr)
   return metrics
 
 

@@ -126,3 +126,33 @@ def test_sharded_round_trip_on_8_devices_keeps_the_shardings(tmp_path):
     assert a.sharding == s
     np.testing.assert_array_equal(a, b)
   assert restored.params['w'].sharding.spec == P('data', 'model')
+
+
+def empty_step(workdir, step):
+  for folder, _, files in os.walk(workdir / 'checkpoints' / str(step)):
+    for name in files:
+      os.truncate(os.path.join(folder, name), 0)
+
+
+def test_an_unreadable_step_is_moved_aside_where_orbax_no_longer_sees_it(tmp_path):
+  state = make_state()
+  save(tmp_path, state, step=100, meta={'step': 100})
+  save(tmp_path, state, step=200, meta={'step': 200})
+  empty_step(tmp_path, 200)
+  checkpointer = Checkpointer(str(tmp_path), keep=3)
+  _, meta = checkpointer.restore(jax.eval_shape(lambda: state))
+  assert meta == {'step': 100} and checkpointer.latest_step() == checkpointer.last_saved_step == 100
+  checkpointer.save(200, state, {'step': 200})  # the recomputed step lands beside the unreadable one
+  checkpointer.close()
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['100', '200', '200.corrupt']
+  empty_step(tmp_path, 200)
+  assert restore(tmp_path, jax.eval_shape(lambda: state))[1] == {'step': 100}
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['100', '200.corrupt', '200.corrupt2']
+
+
+def test_a_state_mismatch_is_not_taken_for_an_unreadable_step(tmp_path):
+  save(tmp_path, make_state(), step=100)
+  save(tmp_path, make_state(), step=200)
+  with pytest.raises(ConfigError, match=r"^checkpoint step 200 does not match this run's state: "):
+    restore(tmp_path, jax.eval_shape(lambda: make_state(w=(3, 5), b=(4,))))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['100', '200']

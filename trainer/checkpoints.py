@@ -9,11 +9,18 @@ That check reads only the checkpoint's tree metadata, so a state that differs fr
 (another model or optimizer setting) is one `ConfigError` naming the first path that differs,
 before any array is read or lands in the wrong place.
 The metadata holds what the state cannot: timers and target bookkeeping.
+
+A step that does not restore (files emptied, truncated or unreadable: a full disk or a kill while
+orbax wrote) costs the steps since the one before it, not the run: restore falls back to older
+steps, newest first, and moves the unreadable ones aside as `<step>.corrupt` (kept for a look,
+and invisible to orbax, which takes only digit names as steps).
 """
 
 import os
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -48,6 +55,19 @@ def _first_difference(saved: dict, wanted: dict) -> str | None:
   return None
 
 
+# What orbax raises for a step whose files are emptied, cut short or missing (JSON and Unicode
+# decode errors and tensorstore's DATA_LOSS are ValueErrors). Not RuntimeError: running out of
+# memory while restoring says nothing about the files.
+_UNREADABLE = (OSError, ValueError, KeyError)
+
+
+def _last_line(error: BaseException) -> str:
+  """The error as a traceback's last line names it, less tensorstore's spec dump."""
+  lines = str(error).strip().splitlines()
+  message = lines[-1].split(' [tensorstore_spec=')[0] if lines else ''
+  return f'{type(error).__name__}: {message}' if message else type(error).__name__
+
+
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   """Handlers for both items, so a step's metadata can be read before anything is restored."""
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -78,12 +98,49 @@ class Checkpointer:
     self.last_saved_step = step
 
   def restore(self, abstract_state):
-    """(state, meta) of the latest checkpoint; `abstract_state` leaves carry shardings.
+    """(state, meta) of the latest checkpoint that restores; `abstract_state` leaves carry shardings.
+
+    Steps that fail to read are skipped with a warning and, once an older one has restored, moved
+    aside; when none restores nothing is moved, so the workdir is left as it was found.
 
     Raises:
-      ConfigError: the checkpoint's arrays are not `abstract_state`'s (by path, shape and dtype).
+      ConfigError: the checkpoint's arrays are not `abstract_state`'s (by path, shape and dtype),
+        or no step restores.
     """
-    step = self._manager.latest_step()
+    failures = {}
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(step, abstract_state)
+      except ConfigError:
+        raise
+      except _UNREADABLE as e:
+        failures[step] = _last_line(e)
+        continue
+      if failures:
+        self._move_aside(failures, step)
+      return restored
+    raise ConfigError(f'no checkpoint in {self._directory} restores: '
+                      + ', '.join(f'step {step} ({why})' for step, why in failures.items()))
+
+  def _move_aside(self, failures: dict[int, str], restored_step: int) -> None:
+    """Renames each unreadable step to `<step>.corrupt` (on process 0) with a warning line."""
+    if jax.process_index() == 0:
+      for step, why in failures.items():
+        path = os.path.join(self._directory, str(step))
+        target, n = f'{path}.corrupt', 1
+        while os.path.exists(target):
+          n += 1
+          target = f'{path}.corrupt{n}'
+        os.rename(path, target)
+        logging.warning('checkpoint step %d does not restore (%s): moved aside to %s, resuming from step %d',
+                        step, why, target, restored_step)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('checkpoints moved aside')
+    self._manager.reload()
+    self.last_saved_step = restored_step
+
+  def _restore_step(self, step: int, abstract_state):
+    """(state, meta) of `step`, checked against `abstract_state` before any array is read."""
     saved = self._manager.metadata(step).item_metadata['state'].tree
     if not isinstance(saved, dict):
       raise ConfigError(

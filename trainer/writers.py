@@ -4,6 +4,10 @@ Scalars are written as '<split>/<name>' (TensorBoard groups them by split).
 `metrics.jsonl` is what `results/` reads: one line per (step, split) with the
 unprefixed names and the run timers at that moment, so curves can be drawn
 against steps or against train-seconds without TensorBoard.
+
+An append cut short (a kill or a full disk mid-write) leaves a torn last line:
+it is dropped with a warning, and a resume recomputes it. A malformed line
+before the last is damage no append leaves, so it stops the run by name.
 """
 
 import collections
@@ -12,8 +16,11 @@ import os
 from typing import Callable, Mapping
 
 import numpy as np
+from absl import logging
 from clu import metric_writers
 from clu.metric_writers import interface
+
+from errors import ConfigError
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -49,17 +56,44 @@ class JsonlWriter(interface.MetricWriter):
   def close(self): pass
 
 
+def read_jsonl(path: str) -> list[dict]:
+  """The objects of a JSON-lines file ([] if there is none), less a torn last line.
+
+  Raises:
+    ConfigError: a line before the last is not a JSON object (names the file and line).
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  records = []
+  for i, line in enumerate(lines[:last + 1]):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    elif i == last:
+      logging.warning('%s: dropped a torn last line (%d bytes)', os.path.basename(path), len(line))
+    else:
+      raise ConfigError(f'{path}: line {i + 1} is not a JSON object')
+  return records
+
+
 def truncate_after(path: str, step: int) -> None:
-  """Drops lines past `step`: a resumed run recomputes them from its checkpoint."""
+  """Keeps the lines up to `step` (a resumed run recomputes the rest), and no torn last line."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    everything = f.readlines()
-  kept = [line for line in everything if line.strip() and json.loads(line)['step'] <= step]
-  if len(kept) == len(everything):
-    return
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(kept)
+  kept = ''.join(json.dumps(record) + '\n' for record in read_jsonl(path) if record['step'] <= step).encode()
+  with open(path, 'rb') as f:
+    if f.read() == kept:
+      return
+  with open(path + '.tmp', 'wb') as f:
+    f.write(kept)
   os.replace(path + '.tmp', path)
 
 
