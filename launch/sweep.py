@@ -10,7 +10,9 @@ over the base config, and may name that config as `CONFIG = 'configs/X.py:tiny'`
 a workdir `<sweep_dir>/<trial id>` named by its values, and `sweep.json` in the
 sweep dir indexes them. A trial whose workdir holds a finished run (completed,
 reached_target, diverged) is skipped, so a re-run resumes the sweep: an
-interrupted trial resumes from its checkpoint, a finished one is never repeated.
+interrupted trial resumes from its checkpoint, a finished one is never repeated. A
+trial whose run holds its workdir's lock (started by another launcher) is reported as
+running and not started twice.
 `--set optimizer.norm_constraint=0` runs the same sweep with a setting changed in the base
 config and every trial (a value the sweep varies is the trial's; a grid the sweep file
 derives from it moves with it, and trials the moved grid shares are not rerun). Give it
@@ -255,9 +257,18 @@ def main(argv=None) -> int:
   except (SweepError, backends.BackendError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  pending = [t for t in trial_list if index.entries[t.id]['status'] not in trial_status.FINISHED]
-  print(f'sweep {sweep_dir}: {len(trial_list)} trials, {len(trial_list) - len(pending)} already finished, '
-        f'{len(pending)} to run ({args.backend})', flush=True)
+  unfinished = [t for t in trial_list if index.entries[t.id]['status'] not in trial_status.FINISHED]
+  pending = []
+  for trial in unfinished:
+    holder = trial_status.lock_holder(trial.workdir)
+    if holder is None:
+      pending.append(trial)
+    else:  # started by another launcher: one run per workdir
+      index.entries[trial.id]['status'] = 'running'
+      print(f'{trial.id} is running (pid {holder[0]} on host {holder[1]}); not starting it', flush=True)
+  running = f'{len(unfinished) - len(pending)} running elsewhere, ' if len(pending) < len(unfinished) else ''
+  print(f'sweep {sweep_dir}: {len(trial_list)} trials, {len(trial_list) - len(unfinished)} already finished, '
+        f'{running}{len(pending)} to run ({args.backend})', flush=True)
   if not args.dry_run:
     index.write()
   return backend.run(pending, index)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +11,9 @@ import time
 import pytest
 
 from conftest import ROOT, load_config, subprocess_env
-from launch import space, sweep
+from errors import ConfigError
+from launch import space, sweep, trial_status
+from trainer import workdir as workdirs  # the run's side of the lock that the sweep reads
 
 LP = 'configs/lp_regression_adam.py:tiny'
 
@@ -208,3 +211,23 @@ def test_sweep_file_errors_are_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert "the damping sweep is for kfac, shampoo, not 'adam'" in result.stderr
+
+
+def test_a_trial_running_elsewhere_is_reported_and_not_started(tmp_path):
+  sweep_file, sweep_dir = tmp_path / 'lr.py', str(tmp_path / 'sweep')
+  sweep_file.write_text(SWEEP_FILE % 50)
+  busy, free = (os.path.join(sweep_dir, f'learning_rate={lr},seed=0') for lr in (0.02, 0.03))
+  assert trial_status.lock_holder(busy) is None
+  with workdirs.WorkdirLock(free):
+    pass
+  assert trial_status.lock_holder(free) is None  # released
+  with workdirs.WorkdirLock(busy):
+    assert trial_status.lock_holder(busy) == (os.getpid(), socket.gethostname())
+    with pytest.raises(ConfigError, match='is in use by pid'):  # the probe left the lock with its run
+      workdirs.WorkdirLock(busy)
+    result = launch_sweep(sweep_file, sweep_dir, '--dry_run')
+  assert result.returncode == 0, result.stderr
+  assert f'learning_rate=0.02,seed=0 is running (pid {os.getpid()} on host {socket.gethostname()})' in result.stdout
+  assert '3 trials, 0 already finished, 1 running elsewhere, 2 to run' in result.stdout
+  commands = [line for line in result.stdout.splitlines() if 'main.py' in line]
+  assert len(commands) == 2 and not any('learning_rate=0.02' in c for c in commands)
