@@ -11,6 +11,7 @@ match wins. `width` is the size that `base_width` is compared with under muP.
 """
 
 import abc
+import math
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -87,6 +88,21 @@ class Task(abc.ABC):
 def width_ratio(config: ml_collections.ConfigDict, width: int) -> float:
   """m = width / base_width under parameterization=mup; 1 under standard (nothing then changes)."""
   return width / config.base_width if config.parameterization == 'mup' else 1.0
+
+
+def mesh_axis_size(config: ml_collections.ConfigDict, rules: Sequence[tuple[str, str | None]],
+                   logical: str) -> int:
+  """How many ways config.mesh splits the logical axis `logical` (its first rule in `rules`).
+
+  A function of the config alone, so parameter shapes built from it never depend on the device
+  count: a mesh axis of size -1 ("the remaining devices") counts as 1 here, and a shape it then
+  cannot split is refused by the trainer before training starts.
+  """
+  for name, axes in rules:
+    if name == logical:
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+      return math.prod(max(config.mesh.get(axis, 1), 1) for axis in axes)
+  return 1
 
 
 def preset_fields(task: ml_collections.ConfigDict, presets: dict[str, dict]) -> dict:

@@ -26,7 +26,7 @@ import optax
 from errors import ConfigError
 from data import batches, bert_pretraining, synthetic_text
 from tasks import layers, losses
-from tasks.base import Task, preset_fields, width_ratio
+from tasks.base import Task, mesh_axis_size, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,8 @@ def model_config(config) -> ModelConfig:
   fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, max_positions=task.max_seq_length,
                      next_sentence=task.next_sentence, dtype=task.dtype,
-                     width_ratio=width_ratio(config, fields['features']), **fields)
+                     width_ratio=width_ratio(config, fields['features']),
+                     vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
 
 
 class Bert(nn.Module):
@@ -61,7 +62,7 @@ class Bert(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     init = nn.initializers.normal(stddev=0.02)
-    self.embed = layers.Embed(c.vocab_size, c.features, dtype, c.width_ratio)
+    self.embed = layers.Embed(c.vocab_size, c.padded_vocab_size, c.features, dtype, c.width_ratio)
     self.position_embedding = self.param(
         'position_embedding', nn.with_logical_partitioning(init, (None, 'embed')), (c.max_positions, c.features))
     self.segment_embedding = self.param(
@@ -75,13 +76,13 @@ class Bert(nn.Module):
     self.mlm_transform = layers.dense(c.features, ('embed', 'mlp'), dtype, 'mlm_transform')
     self.mlm_norm = layers.layer_norm(dtype)
     self.mlm_bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
-                               (c.vocab_size,))
+                               (c.padded_vocab_size,))
     if c.next_sentence:
       self.pooler = layers.dense(c.features, ('embed', 'mlp'), dtype, 'pooler')
       self.nsp_classifier = layers.dense(2, ('mlp', None), dtype, 'nsp_classifier')
 
   def __call__(self, batch, *, deterministic: bool):
-    """(masked-LM logits [batch, predictions, vocab], next-sentence logits [batch, 2] or None)."""
+    """(masked-LM logits [batch, predictions, padded vocab], next-sentence logits [batch, 2] or None)."""
     ids = batch['input_ids']
     x = (self.embed(ids) + self.position_embedding[:ids.shape[1]].astype(self.embed.dtype)
          + jnp.take(self.segment_embedding, batch['segment_ids'], axis=0).astype(self.embed.dtype))
@@ -92,7 +93,8 @@ class Bert(nn.Module):
     x = self.final_norm(x)
     masked = jnp.take_along_axis(x, batch['masked_lm_positions'][..., None], axis=1)
     masked = self.mlm_norm(nn.gelu(self.mlm_transform(masked)))
-    mlm_logits = (self.embed.attend(masked) + self.mlm_bias).astype(jnp.float32)
+    mlm_logits = layers.mask_vocab_padding((self.embed.attend(masked) + self.mlm_bias).astype(jnp.float32),
+                                           self.config.vocab_size)
     if not self.config.next_sentence:
       return mlm_logits, None
     pooled = jnp.tanh(self.pooler(x[:, 0]))
@@ -100,8 +102,7 @@ class Bert(nn.Module):
 
 
 class Pretraining(Task):
-  logical_axis_rules = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'),
-                        ('mlp', 'model'), ('embed', None))
+  logical_axis_rules = layers.LOGICAL_AXIS_RULES
   # The shared embedding is an input weight (its read-out use is scaled in Embed.attend); the
   # next-sentence classifier reads out 2 logits; the biases over the vocabulary / 2 classes are fixed.
   parameter_roles = ((r'nsp_classifier/kernel', 'output'), (r'(mlm_bias|nsp_classifier/bias)', 'fixed'),

@@ -2,9 +2,14 @@
 
 Every kernel is a 2-D matrix with logical axis names, so
 - the trainer can shard heads and feed-forward units over a `model` mesh axis
-  (`heads`, `mlp`, `vocab` -> model; `embed` replicated), and
+  (`LOGICAL_AXIS_RULES`: `heads`, `mlp`, `vocab` -> model; `embed` replicated), and
 - second-order optimizers see plain matrices: Shampoo keeps one statistic per
   side, kfac-jax recognises every projection as a dense layer.
+
+The vocabulary is padded (`ModelConfig.padded_vocab_size`) so that every shard of
+the embedding holds a multiple of 128 rows, whatever real vocabulary the data has;
+the padded logits are set to NEG_INF (`mask_vocab_padding`), so no softmax, argmax
+or beam gives them any weight.
 
 Packing: several sequences may share a row. `segmentation` numbers them
 (1, 2, ...; 0 = padding) and attention never crosses segments; `position`
@@ -31,12 +36,16 @@ from errors import ConfigError
 
 Dtype = Any
 NEG_INF = -1e9
+# (logical axis, mesh axis) for the models built from these blocks, first match wins.
+LOGICAL_AXIS_RULES = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'), ('mlp', 'model'),
+                      ('embed', None))
+VOCAB_ALIGNMENT = 128  # embedding rows per shard are a multiple of this (a TPU lane width)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The sizes, dropouts and dtype of a model built from these blocks; each task's config adds its depth."""
-  vocab_size: int
+  vocab_size: int       # the real vocabulary; the embedding has `padded_vocab_size` rows
   features: int         # model width: d_model, BERT's hidden size
   num_heads: int
   hidden: int           # feed-forward width
@@ -44,6 +53,20 @@ class ModelConfig:
   attention_dropout: float
   dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
   width_ratio: float = 1.0  # width / base_width under muP, else 1
+  vocab_shards: int = 1  # the size of the mesh axis the vocabulary is split over
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """The vocabulary rounded up to VOCAB_ALIGNMENT rows per shard, so `vocab_shards` divides it."""
+    multiple = VOCAB_ALIGNMENT * self.vocab_shards
+    return -(-self.vocab_size // multiple) * multiple
+
+
+def mask_vocab_padding(logits: jax.Array, vocab_size: int) -> jax.Array:
+  """Logits [..., padded vocabulary] with the padding columns at NEG_INF: they never win and take no
+  probability mass, so losses, accuracies and beams over the real tokens are those of an unpadded model."""
+  real = jnp.arange(logits.shape[-1]) < vocab_size
+  return jnp.where(real, logits, NEG_INF)
 
 
 def check_sizes(features: int, num_heads: int, dtype: str) -> None:
@@ -93,16 +116,24 @@ class Embed(nn.Module):
   Under muP (width_ratio != 1) the lookup scale and init std are the base width's, so
   embedded coordinates keep their size, and `attend` divides by the ratio: the
   read-out of a width-d vector with O(1) coordinates must shrink as 1/d.
+
+  The rows past `vocab_size` (the padding) start at zero and, their logits being masked,
+  get no gradient: they stay zero, so no parameter norm, weight decay or preconditioner
+  of the real rows sees them.
   """
   vocab_size: int
+  num_embeddings: int  # rows: the vocabulary padded (ModelConfig.padded_vocab_size)
   features: int
   dtype: Dtype = jnp.float32
   width_ratio: float = 1.0
 
   def setup(self):
-    init = nn.initializers.normal(stddev=self._base_features ** -0.5)
+    normal = nn.initializers.normal(stddev=self._base_features ** -0.5)
+
+    def init(key, shape, dtype=jnp.float32):
+      return jnp.where(jnp.arange(shape[0])[:, None] < self.vocab_size, normal(key, shape, dtype), 0)
     self.embedding = self.param('embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
-                                (self.vocab_size, self.features))
+                                (self.num_embeddings, self.features))
 
   @property
   def _base_features(self) -> float:

@@ -27,7 +27,7 @@ import sacrebleu
 from errors import ConfigError
 from data import batches, synthetic_translation, wmt
 from tasks import beam_search, layers, losses
-from tasks.base import Task, preset_fields, width_ratio
+from tasks.base import Task, mesh_axis_size, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,7 +43,7 @@ class Transformer(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    self.embed = layers.Embed(c.vocab_size, c.features, dtype, c.width_ratio)
+    self.embed = layers.Embed(c.vocab_size, c.padded_vocab_size, c.features, dtype, c.width_ratio)
     self.encoder_blocks = [
         layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
                             width_ratio=c.width_ratio)
@@ -71,10 +71,11 @@ class Transformer(nn.Module):
     for block in self.decoder_blocks:
       x = block(x, encoded, self_mask, cross_mask, deterministic=deterministic,
                 decode_position=decode_position)
-    return self.embed.attend(self.decoder_norm(x)).astype(jnp.float32)
+    logits = self.embed.attend(self.decoder_norm(x)).astype(jnp.float32)
+    return layers.mask_vocab_padding(logits, self.config.vocab_size)
 
   def __call__(self, batch, *, deterministic: bool):
-    """Teacher-forced logits [batch, length, vocab] for packed (or unpacked) pairs."""
+    """Teacher-forced logits [batch, length, padded vocab] for packed (or unpacked) pairs."""
     encoded = self.encode(batch['inputs'], batch['inputs_segmentation'], batch['inputs_position'],
                           deterministic=deterministic)
     targets, segmentation, position = (
@@ -88,7 +89,7 @@ class Transformer(nn.Module):
     return self._decode(x, encoded, self_mask, cross_mask, deterministic)
 
   def decode_step(self, encoded, inputs_segmentation, tokens, position):
-    """Log-probabilities of the next token [n, vocab], given tokens [n, 1] at `position`.
+    """Log-probabilities of the next token [n, padded vocab], given tokens [n, 1] at `position`.
 
     With `position=None` (and tokens [n, max_length]) it only creates the empty cache.
     """
@@ -127,12 +128,12 @@ def model_config(config) -> ModelConfig:
   task = config.task
   fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype,
-                     width_ratio=width_ratio(config, fields['features']), **fields)
+                     width_ratio=width_ratio(config, fields['features']),
+                     vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
 
 
 class Translation(Task):
-  logical_axis_rules = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'),
-                        ('mlp', 'model'), ('embed', None))
+  logical_axis_rules = layers.LOGICAL_AXIS_RULES
   eval_metric_names = ('loss', 'accuracy', 'perplexity', 'bleu')
   # The shared embedding is an input weight; its read-out use is scaled in Embed.attend.
   parameter_roles = ((r'.*(kernel)', 'hidden'), (r'.*', 'input'))
@@ -203,11 +204,22 @@ class Translation(Task):
   def loss(self, params, model_state, batch, rng):
     logits = self.model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
     weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
-    loss = losses.softmax_cross_entropy(logits, batch['targets'], weights,
-                                        self.config.task.label_smoothing)
+    loss = self._smoothed_cross_entropy(logits, batch['targets'], weights)
     correct = (jnp.argmax(logits, -1) == batch['targets']) * weights
     return loss, (model_state, {'accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1),
                                 'tokens': jnp.sum(weights)})
+
+  def _smoothed_cross_entropy(self, logits, targets, weights):
+    """Label-smoothed cross-entropy whose smoothing mass is spread over the real vocabulary only
+    (the padding's log-probabilities are NEG_INF): (1 - s) * CE + s * mean over real tokens of -log p."""
+    smoothing, vocab_size = self.config.task.label_smoothing, self.config.task.vocab_size
+    cross_entropy = losses.softmax_cross_entropy(logits, targets, weights)
+    if not smoothing:
+      return cross_entropy
+    real = jnp.arange(logits.shape[-1]) < vocab_size
+    uniform = -jnp.sum(jnp.where(real, jax.nn.log_softmax(logits), 0.0), -1) / vocab_size
+    mean_uniform = jnp.sum(uniform * weights) / jnp.maximum(jnp.sum(weights), 1)
+    return (1 - smoothing) * cross_entropy + smoothing * mean_uniform
 
   def evaluate(self, params, model_state, batch):
     logits = self.model.apply({'params': params}, batch, deterministic=True)

@@ -11,7 +11,9 @@ import pytest
 import trainer
 from errors import ConfigError
 from conftest import assert_sharded_run_matches_one_device, load_config
-from tasks.bert import Bert, ModelConfig, Pretraining
+from tasks import layers
+from tasks.bert import Bert, ModelConfig, Pretraining, model_config
+from trainer import partitioning
 
 MODEL = ModelConfig(vocab_size=50, features=32, num_heads=4, hidden=64, layers=2, dropout=0.0,
                     attention_dropout=0.0, max_positions=16, next_sentence=True)
@@ -45,7 +47,7 @@ def test_padding_never_reaches_the_outputs(model_and_params):
   model, params = model_and_params
   batch = random_batch(1)
   mlm, nsp = model.apply({'params': params}, batch, deterministic=True)
-  assert mlm.shape == (3, 4, MODEL.vocab_size) and nsp.shape == (3, 2)
+  assert mlm.shape == (3, 4, MODEL.padded_vocab_size) and nsp.shape == (3, 2)
   noisy = dict(batch)  # other tokens and segments where input_mask is 0
   noisy['input_ids'] = np.where(batch['input_mask'] > 0, batch['input_ids'], 7)
   noisy['segment_ids'] = np.where(batch['input_mask'] > 0, batch['segment_ids'], 1)
@@ -86,6 +88,42 @@ def test_the_mlm_head_is_tied_to_the_token_embedding(model_and_params):
   assert np.abs(after[..., 11] - before[..., 11]).max() > 10 * np.abs(np.delete(after - before, 11, -1)).max()
 
 
+@pytest.mark.parametrize('model,padded', [(1, 30592), (8, 30720), (16, 30720), (-1, 30592)])
+def test_the_vocabulary_is_padded_to_128_rows_per_model_shard(model, padded):
+  """30522 = BERT's WordPiece vocabulary; a model axis of -1 (size unknown from the config) pads to 128."""
+  config = load_config('bert_adam', 'paper', mesh__data=1, mesh__model=model)
+  assert model_config(config).padded_vocab_size == padded and config.task.vocab_size == 30522
+
+
+def test_sharded_forward_masks_the_vocabulary_padding():
+  """On data=2 x model=4 the padded vocabulary (300 -> 512) splits over `model`, and the loss and
+  metrics equal those of the logits cut to the real vocabulary."""
+  task = Pretraining(load_config('bert_adam', **SMALL, mesh__data=2, mesh__model=4))
+  mesh = partitioning.make_mesh(task.config.mesh, jax.devices())
+  shardings, _ = partitioning.logical_shardings(jax.eval_shape(task.init, jax.random.PRNGKey(0)), mesh,
+                                                task.logical_axis_rules)
+  params = jax.jit(lambda rng: nn.unbox(task.init(rng)[0]), out_shardings=shardings)(jax.random.PRNGKey(0))
+  assert params['embed']['embedding'].shape == (512, 64) and params['mlm_bias'].shape == (512,)
+  assert params['embed']['embedding'].sharding.spec == jax.sharding.PartitionSpec('model', None)
+  batch = jax.device_put(random_batch(4, batch=4, length=32, predictions=5),
+                         partitioning.batch_sharding(mesh))
+  loss, (_, metrics) = jax.jit(task.loss)(params, {}, batch, jax.random.PRNGKey(1))
+
+  mlm, nsp = task.model.apply({'params': jax.device_get(params)}, jax.device_get(batch), deterministic=True)
+  assert np.all(mlm[..., 300:] == layers.NEG_INF)
+  real = mlm[..., :300]
+  labels, weights = batch['masked_lm_ids'], batch['masked_lm_weights']
+  mlm_loss = np.sum(-jnp.take_along_axis(jax.nn.log_softmax(real), labels[..., None], -1)[..., 0] * weights)
+  nsp_loss = -np.mean(jnp.take_along_axis(jax.nn.log_softmax(nsp), batch['next_sentence_labels'], -1))
+  np.testing.assert_allclose(metrics['mlm_loss'], mlm_loss / np.sum(weights), rtol=1e-5)
+  np.testing.assert_allclose(loss, mlm_loss / np.sum(weights) + nsp_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics['mlm_accuracy'],
+                             np.sum((np.argmax(real, -1) == labels) * weights) / np.sum(weights))
+  grads = jax.jit(jax.grad(lambda p: task.loss(p, {}, batch, jax.random.PRNGKey(1))[0]))(params)
+  padding = (params['embed']['embedding'], grads['embed']['embedding'], grads['mlm_bias'])
+  assert not any(np.any(rows[300:]) for rows in padding)  # starts at zero, gets no gradient: stays zero
+
+
 def test_tiny_training_lowers_mlm_loss(tmp_path):
   config = load_config('bert_adam', **SMALL, num_steps=80, eval_every=40)
   summary = trainer.run(config, str(tmp_path / 'run'), 'bert_adam', devices=jax.devices()[:1])
@@ -109,4 +147,7 @@ def test_bad_settings_are_refused_before_training(tmp_path):
   with pytest.raises(ConfigError, match='nsp_accuracy'):
     trainer.run(load_config('bert_adam', **SMALL, task__next_sentence=False,
                             target=('nsp_accuracy', 0.9, 'above')), str(tmp_path / 'run'), 'bert_adam')
+  with pytest.raises(ConfigError, match=r"parameter blocks_0/attention/\w+/\w+ .*'model' \(size 8\)"):
+    trainer.run(load_config('bert_adam', **SMALL, task__features=36, mesh__data=1, mesh__model=8),
+                str(tmp_path / 'run'), 'bert_adam')
   assert not (tmp_path / 'run').exists()

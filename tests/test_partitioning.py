@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -64,3 +65,35 @@ def test_a_stack_spreads_over_the_largest_axis_set_that_divides_it():
       jax.ShapeDtypeStruct((n, 8, 8), 'float32'), {}, {}, mesh).spec for n in (16, 12, 6, 3)}
   assert specs == {16: PartitionSpec(('data', 'model')), 12: PartitionSpec(('data',)),
                    6: PartitionSpec(('model',)), 3: PartitionSpec()}
+
+
+def boxed(shape, names):
+  return nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names)
+
+
+RULES = (('heads', 'model'), ('vocab', ('data', 'model')), ('embed', None))
+
+
+def test_logical_shardings_split_what_divides():
+  mesh = partitioning.make_mesh({'data': 2, 'model': 4}, jax.devices())
+  tree = ({'attention': {'kernel': boxed((16, 36), ('embed', 'heads'))},
+           'embedding': boxed((24, 16), ('vocab', 'embed')),
+           'scale': jax.ShapeDtypeStruct((3,), jnp.float32)}, {})
+  params, _ = partitioning.logical_shardings(tree, mesh, RULES)
+  assert params['attention']['kernel'].spec == PartitionSpec(None, 'model')
+  assert params['embedding'].spec == PartitionSpec(('data', 'model'), None)
+  assert params['scale'].spec == PartitionSpec()
+
+
+@pytest.mark.parametrize('leaf,message', [
+    (boxed((16, 36), ('embed', 'heads')),
+     r"parameter block_0/attention/kernel of shape \(16, 36\) cannot be sharded: its dimension 1 \(36\) "
+     r"is not a multiple of mesh axis 'model' \(size 8\)"),
+    (boxed((20, 16), ('vocab', 'embed')),
+     r"block_0/attention/kernel of shape \(20, 16\).*dimension 0 \(20\).*'data' x 'model' \(size 8\)"),
+])
+def test_a_shape_the_mesh_cannot_split_is_one_config_error(leaf, message):
+  mesh = partitioning.make_mesh({'data': 1, 'model': 8}, jax.devices())
+  tree = ({'block_0': {'attention': {'kernel': leaf}}}, {})
+  with pytest.raises(ConfigError, match=message):
+    partitioning.logical_shardings(tree, mesh, RULES)

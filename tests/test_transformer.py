@@ -11,8 +11,9 @@ import pytest
 
 import trainer
 from conftest import assert_sharded_run_matches_one_device, load_config
-from tasks import beam_search
-from tasks.transformer import ModelConfig, Transformer, cached_decoder
+from tasks import beam_search, layers, losses
+from tasks.transformer import ModelConfig, Transformer, Translation, cached_decoder, model_config
+from trainer import partitioning
 
 KEYS = ('inputs', 'targets', 'inputs_segmentation', 'targets_segmentation', 'inputs_position',
         'targets_position')
@@ -59,7 +60,7 @@ def test_logits_shape_and_logical_axes(model_and_params):
   names = {tuple(box.names) for box in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))}
   assert {('vocab', 'embed'), ('embed', 'heads'), ('heads', 'embed'), ('embed', 'mlp'), ('mlp', 'embed')} <= names
   logits = model.apply({'params': nn.unbox(boxed)}, pack(random_pairs(0, 2), 20), deterministic=True)
-  assert logits.shape == (1, 20, MODEL.vocab_size)
+  assert logits.shape == (1, 20, MODEL.padded_vocab_size)
 
 
 def test_packing_never_leaks_across_segments(model_and_params):
@@ -93,10 +94,11 @@ def test_cached_decoding_matches_teacher_forcing(model_and_params):
   row = pack([(source, target)], 12)
   forced = jax.nn.log_softmax(model.apply({'params': params}, row, deterministic=True)[0])
   step, cache = decoder(model, params, row, 12)
-  previous = [0] + target[:-1]
+  previous, vocab = [0] + target[:-1], MODEL.vocab_size
   for position, token in enumerate(previous):
     log_probs, cache = step(jnp.array([[token]]), position, cache)
-    np.testing.assert_allclose(log_probs[0], forced[position], atol=1e-4)
+    np.testing.assert_allclose(log_probs[0, :vocab], forced[position, :vocab], atol=1e-4)
+    assert np.all(log_probs[0, vocab:] < layers.NEG_INF / 2)  # the padding is never decoded
 
 
 def markov_step(table):
@@ -144,9 +146,44 @@ def test_wide_beam_finds_the_best_sequence(seed):
   assert narrow.shape == (1, length)
 
 
+@pytest.mark.parametrize('model,padded', [(1, 32000), (8, 32768), (-1, 32000)])
+def test_the_vocabulary_is_padded_to_128_rows_per_model_shard(model, padded):
+  config = load_config('transformer_adam', 'paper', mesh__data=1, mesh__model=model)
+  assert model_config(config).padded_vocab_size == padded and config.task.vocab_size == 32000
+
+
+def test_sharded_forward_masks_the_vocabulary_padding():
+  """On data=2 x model=4 the padded vocabulary (300 -> 512) splits over `model`, and the smoothed
+  training loss and the eval sums equal those of the logits cut to the real vocabulary."""
+  task = Translation(load_config('transformer_adam', **SMALLEST, mesh__data=2, mesh__model=4))
+  mesh = partitioning.make_mesh(task.config.mesh, jax.devices())
+  shardings, _ = partitioning.logical_shardings(jax.eval_shape(task.init, jax.random.PRNGKey(0)), mesh,
+                                                task.logical_axis_rules)
+  params = jax.jit(lambda rng: nn.unbox(task.init(rng)[0]), out_shardings=shardings)(jax.random.PRNGKey(0))
+  assert params['embed']['embedding'].shape == (512, 32)
+  assert params['embed']['embedding'].sharding.spec == jax.sharding.PartitionSpec('model', None)
+  rows = [pack(random_pairs(seed, 3), 32) for seed in range(4)]
+  batch = {k: np.concatenate([row[k] for row in rows]) for k in KEYS}
+  batch['weight'] = np.ones(4, np.float32)
+  sharded = jax.device_put(batch, partitioning.batch_sharding(mesh))
+  loss, (_, metrics) = jax.jit(task.loss)(params, {}, sharded, jax.random.PRNGKey(1))
+  sums = jax.jit(task.evaluate)(params, {}, sharded)
+
+  logits = task.model.apply({'params': jax.device_get(params)}, batch, deterministic=True)
+  assert np.all(logits[..., 300:] == layers.NEG_INF)
+  real, targets = logits[..., :300], batch['targets']
+  weights = (batch['targets_segmentation'] > 0).astype(np.float32)
+  np.testing.assert_allclose(loss, losses.softmax_cross_entropy(real, targets, weights, 0.1), rtol=1e-5)
+  total = np.sum(weights)
+  cross_entropy = losses.softmax_cross_entropy(real, targets, weights)
+  np.testing.assert_allclose(sums['loss'], cross_entropy * total, rtol=1e-5)
+  correct = np.sum((np.argmax(real, -1) == targets) * weights)
+  np.testing.assert_allclose(metrics['accuracy'], correct / total)
+  np.testing.assert_allclose(sums['accuracy'], correct)
+
+
 def test_bleu_of_the_references_against_themselves_is_100():
   from data import wmt
-  from tasks.transformer import Translation
   task = Translation(load_config('transformer_adam', **SMALL, task__bleu_sentences=20))
   arrays, references = task._decode_set()
   ids = wmt.encode(task.tokenizer(), references)
@@ -178,4 +215,6 @@ def test_sharded_run_matches_single_device(tmp_path, optimizer):
   common = dict(SMALLEST, num_steps=4, eval_every=4, task__bleu_sentences=0, schedule__warmup_steps=2)
   if optimizer == 'shampoo':
     common['optimizer__start_preconditioning_step'] = 2
+  else:  # K-FAC samples its curvature over all logits: a vocabulary both meshes pad to the same 256
+    common['task__vocab_size'] = 256
   assert_sharded_run_matches_one_device(f'transformer_{optimizer}', tmp_path, data=4, model=2, **common)

@@ -50,9 +50,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules) -> object:
-  """NamedShardings for a tree whose leaves may be Flax logically-partitioned boxes."""
+  """NamedShardings for a tree whose leaves may be Flax logically-partitioned boxes.
+
+  A leaf the mesh cannot split evenly is one ConfigError naming it, raised here (before the
+  workdir is written) rather than as an XLA error when the first array is placed.
+  """
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  jax.tree_util.tree_map_with_path(_check_divisible, nn.unbox(abstract_boxed_tree), shardings)
+  return shardings
+
+
+def _check_divisible(path, leaf, sharding: NamedSharding) -> None:
+  """Refuses a leaf with a dimension that the mesh axes it is sharded over do not divide."""
+  # A parameter's name is its dict keys ('encoder/block_0/mlp/wi/kernel'); the index of the
+  # (params, model_state) pair is left out.
+  name = '/'.join(str(key.key) for key in path if isinstance(key, jax.tree_util.DictKey))
+  for dim, axes in enumerate(sharding.spec):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    size = math.prod(sharding.mesh.shape[axis] for axis in axes)
+    if leaf.shape[dim] % size:
+      raise ConfigError(f'parameter {name} of shape {tuple(leaf.shape)} cannot be sharded: its dimension '
+                        f'{dim} ({leaf.shape[dim]}) is not a multiple of mesh axis '
+                        f'{" x ".join(map(repr, axes))} (size {size}); change the model size or the mesh')
 
 
 def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, mesh: Mesh):
