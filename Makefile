@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install demo diagnostics width-transfer report coord-check test lock clean
+.PHONY: install plans demo diagnostics width-transfer report coord-check test lock clean
 
 install: $(STAMP)
 
@@ -83,6 +83,14 @@ report: $(STAMP)
 # The one-step coordinate check (trainer/coord_check.py): a table of width exponents per optimizer.
 coord-check: $(STAMP)
 	$(PY) bench/coord_check.py
+
+# Plans of every paper config on its hardware (main.py --dry_run; launch/plans.py), rendered into
+# docs/scale.md. TPU slices compile here through libtpu (the pinned `tpu` extra, ~700 MB), installed
+# into .venv when missing. Plans already in runs/plans are kept: delete it to plan afresh.
+LIBTPU := libtpu==0.0.42.1
+plans: $(STAMP)
+	$(PY) -m pip show libtpu >/dev/null 2>&1 || $(PY) -m pip install --quiet --no-deps $(LIBTPU)
+	$(PY) -m launch.plans --root=runs/plans --parallel=$(PARALLEL) --out=docs/scale.md
 
 # Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation. A test
 # file goes to one worker (--dist loadfile), so its module fixtures (trained runs, generated data

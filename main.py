@@ -1,9 +1,10 @@
 """Trains one task with one optimizer: `python main.py --config=configs/X.py:tiny`.
 
 Parses and checks the command line, then hands (config, workdir) to the
-trainer. Bad input is one line on stderr and exit code 2; a diverged run exits
-1; a run stopped by SIGTERM/SIGINT exits 128 + the signal number after saving
-a checkpoint it will resume from.
+trainer, or with --dry_run to the planner (trainer/plan.py: the config compiled
+for config.hardware, exit 3 when it does not fit). Bad input is one line on stderr
+and exit code 2; a diverged run exits 1; a run stopped by SIGTERM/SIGINT exits
+128 + the signal number after saving a checkpoint it will resume from.
 """
 
 import os
@@ -27,6 +28,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<config name>-<size>). An existing run there resumes.')
 
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Plan instead of train: compile the train and eval steps for config.hardware without '
+    'data or accelerators, print the plan and write <workdir>/plan.json; exit 3 when it does not fit.')
+
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Join a multi-process job (jax.distributed.initialize): one process per host, '
     'or per GPU under Slurm; the coordinator is auto-detected on Cloud TPU and Slurm.')
@@ -37,6 +42,7 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the j
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (with --coordinator_address).')
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1  # a failure: a diverged run, or a multi-process job it cannot join
+EXIT_DOES_NOT_FIT = 3  # --dry_run: the config does not fit its hardware
 
 
 def _fail(message: str, code: int = EXIT_USAGE):
@@ -91,8 +97,24 @@ def main(argv: list[str]) -> None:
   if _NUM_PROCESSES.value is not None and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
     _fail(f'--process_id={_PROCESS_ID.value} must be in 0..{_NUM_PROCESSES.value - 1}')
 
+  if _DRY_RUN.value and (_MULTIHOST.value or _COORDINATOR.value is not None):
+    _fail('--dry_run plans on one machine for the whole target: drop --multihost and --coordinator_address')
+  from trainer import hardware  # no JAX: the platform is chosen before JAX starts
+  try:
+    hardware.set_platform_environment(hardware.get(config.hardware) if _DRY_RUN.value else None)
+  except ConfigError as e:
+    _fail(str(e))
+
   import trainer  # jax, orbax, clu: only once the command line is known to be sound
   trainer.host_memory.keep_freed_memory()
+  if _DRY_RUN.value:
+    try:
+      plan = trainer.plan.run(config, workdir, name)
+    except ConfigError as e:
+      _fail(str(e))
+    if not plan['fits']:
+      _fail(plan['verdict'], EXIT_DOES_NOT_FIT)
+    return
   if _MULTIHOST.value or _COORDINATOR.value is not None:
     try:
       trainer.distributed.initialize(*explicit)

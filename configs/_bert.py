@@ -26,6 +26,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       features=0, num_heads=0, hidden=0, layers=0,  # 0 = from the preset
       dropout=-1.0, attention_dropout=-1.0,         # -1 = from the preset
       dtype='float32',                  # activations: float32 | bfloat16
+      remat='none' if tiny else 'full',  # recomputed in the backward pass: none | full | dots (tasks/layers.py)
       next_sentence=True,               # also train (and evaluate) next-sentence prediction
       vocab_size=1000 if tiny else 30522,  # embedding rows: at least the prepared vocabulary's ids
       max_seq_length=64 if tiny else 128,

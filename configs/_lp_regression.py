@@ -25,7 +25,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       dataset='gas_sensor_generated' if tiny else 'gas_sensor',
       generate=tiny,        # write a generated data set if data_dir has none
       num_examples=4096,    # generated data only
-      num_features=32,      # generated data only (the real data has 128)
+      num_features=32 if tiny else 128,  # the real gas-sensor data has 128
       eval_fraction=0.2,
       data_seed=0,
   ))

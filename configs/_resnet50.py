@@ -18,6 +18,8 @@ from configs import base
 
 WARMUP_STEPS = 196  # paper (reference README)
 TARGET_ACCURACY = 0.759  # MLPerf ResNet-50 v1.5 top-1, the paper's target
+IMAGENET_CLASSES = 1000
+GENERATED_CLASSES = 10  # the tiny set's; its model has as many outputs
 
 
 def get_config(size: str, paper_steps: int) -> ml_collections.ConfigDict:
@@ -29,12 +31,13 @@ def get_config(size: str, paper_steps: int) -> ml_collections.ConfigDict:
       model='tiny' if tiny else '50',   # depth preset: tiny | 18 | 34 | 50 | 101 | 152 (tasks/resnet.py)
       width=16 if tiny else 64,         # channels of the stem and first stage
       stem='small' if tiny else 'imagenet',  # imagenet: 7x7/2 conv + max pool | small: 3x3/1 conv
+      num_classes=GENERATED_CLASSES if tiny else IMAGENET_CLASSES,  # outputs of the head; the data must agree
       image_size=32 if tiny else 224,   # training crops and evaluation center crops
       label_smoothing=0.1,              # MLPerf reference
       dtype='float32' if tiny else 'bfloat16',  # activations: float32 | bfloat16
       tfds_dir='synthetic_imagenet' if tiny else 'tensorflow_datasets',  # under data_dir (or absolute)
       generate=tiny,                    # write the synthetic set if tfds_dir has no imagenet2012
-      generated_classes=10,
+      generated_classes=GENERATED_CLASSES,  # change num_classes with it
       generated_train_per_class=500,
       generated_eval_per_class=50,
       data_seed=0,

@@ -28,6 +28,7 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       features=0, num_heads=0, hidden=0, encoder_layers=0, decoder_layers=0,  # 0 = from the preset
       dropout=-1.0, attention_dropout=-1.0,                                   # -1 = from the preset
       dtype='float32',                   # activations: float32 | bfloat16
+      remat='none' if tiny else 'full',  # recomputed in the backward pass: none | full | dots (tasks/layers.py)
       label_smoothing=0.1,
       vocab_size=1000 if tiny else 32000,  # shared SentencePiece vocabulary, trained once and cached
       max_length=64 if tiny else 256,     # packed training rows, tokens per side

@@ -17,6 +17,15 @@ passes as the optax extra argument `loss_args = (params, model_state, rng, batch
 
 Layers are found by kfac-jax's graph matcher (dense, conv, scale-and-shift);
 parameters it cannot match get diagonal blocks. `describe_blocks` says which.
+kfac-jax's patterns only match layers that use their float32 parameters directly;
+a bfloat16 model (Flax casts kernel and bias to bfloat16 before the matmul or
+convolution) would leave every dense and conv layer to a diagonal block, so each of
+those patterns is also given with its parameters cast to bfloat16
+(`graph_patterns`), and the Kronecker factors of such layers are accumulated from
+the bfloat16 activations and output gradients in float32 (`layer_blocks`).
+The matcher does not look inside jax.checkpoint regions either (a task's `remat`), so
+the loss is given to kfac-jax with those regions spliced in (`inline_remat`): the
+curvature pass recomputes nothing, while the gradient the trainer takes keeps its remat.
 
 Damping is fixed, or adapted by the Levenberg-Marquardt rule of kfac-jax's own
 `Optimizer` (`adaptive_damping`): every `damping_adaptation_interval` steps the
@@ -34,6 +43,7 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import optax
 from absl import logging
@@ -52,12 +62,44 @@ ESTIMATION_MODES = ('fisher_gradients', 'fisher_curvature_prop', 'fisher_exact',
 def _compatible_eval_jaxpr_eqn(eqn, in_values):
   """kfac-jax 0.0.8 expects Primitive.get_bind_params to return (subfuns, params);
   current JAX returns the params alone (subfuns inside them). Accept both."""
-  import jax.extend as jex
   bind = eqn.primitive.get_bind_params(eqn.params)
   subfuns, params = bind if isinstance(bind, tuple) else ((), bind)
   with jex.source_info_util.user_context(eqn.source_info.traceback):
     output = eqn.primitive.bind(*subfuns, *in_values, **params)
   return output if isinstance(output, list) else [output]
+
+
+@functools.cache
+def _remat_primitive():
+  """jax.checkpoint's primitive (named `remat2` in JAX 0.10; the name has changed before)."""
+  return jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
+
+
+def _eval_inlined(jaxpr, consts, args) -> list:
+  """Evaluates `jaxpr`, running the body of every jax.checkpoint equation as plain equations."""
+  env = dict(zip(jaxpr.constvars, consts)) | dict(zip(jaxpr.invars, args))
+  read = lambda var: var.val if isinstance(var, jex.core.Literal) else env[var]
+  for eqn in jaxpr.eqns:
+    values = [read(var) for var in eqn.invars]
+    if eqn.primitive is _remat_primitive():
+      outputs = _eval_inlined(eqn.params['jaxpr'], (), values)
+    else:
+      outputs = _compatible_eval_jaxpr_eqn(eqn, values)
+    env.update(zip(eqn.outvars, outputs))
+  return [read(var) for var in jaxpr.outvars]
+
+
+def inline_remat(fn: Callable) -> Callable:
+  """`fn` traced with its jax.checkpoint regions spliced into the surrounding computation.
+
+  kfac-jax's graph matcher does not look inside such regions, so every layer of a rematerialized
+  block would get a diagonal block. Recomputing them would save nothing in the curvature pass
+  anyway: kfac-jax keeps every layer's inputs and output gradients to build the factors."""
+  def inlined(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outputs = _eval_inlined(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
+  return inlined
 
 
 @functools.cache
@@ -102,6 +144,46 @@ def _validate(cfg) -> None:
                       f'choose one of {", ".join(ESTIMATION_MODES)}')
 
 
+def _with_cast_parameters(pattern, dtype: str):
+  """`pattern` as a model computing in `dtype` runs it: parameters cast to `dtype`, inputs already in it."""
+  def compute(inputs, params):
+    return pattern.compute_func(inputs, [p.astype(dtype) for p in params])
+  inputs, params = pattern.example_args
+  return kfac_jax().tag_graph_matcher.GraphPattern(
+      name=f'{pattern.name}_{dtype}', tag_primitive=pattern.tag_primitive, compute_func=compute,
+      parameters_extractor_func=pattern.parameters_extractor_func,
+      example_args=[jnp.asarray(inputs, dtype), params], in_values_preprocessor=pattern.in_values_preprocessor)
+
+
+@functools.cache
+def graph_patterns() -> tuple:
+  """kfac-jax's layer patterns, then its dense and conv ones as a bfloat16 model runs them (the only
+  low-precision activation dtype tasks accept)."""
+  defaults = kfac_jax().tag_graph_matcher.DEFAULT_GRAPH_PATTERNS
+  kronecker = [p for p in defaults if 'dense' in p.name or p.name.startswith('conv2d')]
+  return defaults + tuple(_with_cast_parameters(p, 'bfloat16') for p in kronecker)
+
+
+def _float32_statistics(block_class):
+  """`block_class` computing its factor statistics in the parameters' dtype (float32) from low-precision
+  activations and gradients, rather than rounding every batch's statistics to bfloat16."""
+  class Block(block_class):
+    def update_curvature_matrix_estimate(self, state, estimation_data, *args, **kwargs):
+      estimation_data = jax.tree.map(lambda x: x.astype(self.dtype), estimation_data)
+      return super().update_curvature_matrix_estimate(state, estimation_data, *args, **kwargs)
+  Block.__name__ = Block.__qualname__ = block_class.__name__
+  return Block
+
+
+@functools.cache
+def layer_blocks() -> dict:
+  """Curvature block classes of the Kronecker-factored layer variants (see `_float32_statistics`)."""
+  blocks = kfac_jax().curvature_blocks
+  return {'dense': _float32_statistics(blocks.DenseTwoKroneckerFactored),
+          'repeated_dense': _float32_statistics(blocks.RepeatedDenseKroneckerFactored),
+          'conv2d': _float32_statistics(blocks.Conv2DTwoKroneckerFactored)}
+
+
 @functools.cache
 def _preconditioner_class():
   """kfac-jax's OptaxPreconditioner, with the damping read from our optimizer state.
@@ -132,12 +214,13 @@ def _preconditioner_class():
 def preconditioner(cfg, loss: LossContext):
   """The kfac-jax OptaxPreconditioner for `cfg`; fails (naming the task) without a loss tag."""
   precon = _preconditioner_class()(
-      value_func=loss.value_fn, damping=cfg['damping'], curvature_ema=cfg['curvature_ema'],
+      value_func=inline_remat(loss.value_fn), damping=cfg['damping'], curvature_ema=cfg['curvature_ema'],
       curvature_update_period=1,
       inverse_update_period=cfg['inverse_update_period'], estimation_mode=cfg['estimation_mode'],
       norm_constraint=cfg['norm_constraint'] or None,
       # jit + sharding already spreads the work; there is no pmap axis to distribute over.
-      distributed_inverses=False, distributed_precon_apply=False)
+      distributed_inverses=False, distributed_precon_apply=False,
+      auto_register_kwargs={'graph_patterns': graph_patterns()}, layer_tag_to_block_ctor=layer_blocks())
   precon.curvature_period = cfg['curvature_update_period']
   try:
     jax.eval_shape(lambda args: precon.init(func_args=args, rng=jax.random.PRNGKey(0)),

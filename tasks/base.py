@@ -1,5 +1,9 @@
 """The Task contract: a benchmark's model, data, loss, metrics. Nothing about optimizers.
 
+The model and the shapes of its batches (`init`, `abstract_batch`) follow from the config
+alone, so a run can be planned and its steps compiled where there is no data;
+`prepare_data` is the one place that makes the data exist and checks it against the config.
+
 Parameters returned by `init` may carry Flax logical-partitioning metadata
 (`nn.with_logical_partitioning`); `logical_axis_rules` maps those logical names
 to mesh axes so the trainer can shard them. Unannotated leaves are replicated.
@@ -22,14 +26,16 @@ import numpy as np
 from errors import ConfigError
 
 Batch = dict[str, np.ndarray]
+SPLITS = ('train', 'eval')
 # How a parameter's fan-in / fan-out grow with the width: no / yes, yes / yes, yes / no, no / no.
 ROLES = ('input', 'hidden', 'output', 'fixed')
 Metrics = dict[str, jax.Array]
+# (logical axis name, mesh axis name, a tuple of them, or None), first match wins (Flax semantics).
+AxisRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
 class Task(abc.ABC):
-  # (logical axis name, mesh axis name or None), first match wins (Flax semantics).
-  logical_axis_rules: Sequence[tuple[str, str | None]] = (('batch', 'data'),)
+  logical_axis_rules: AxisRules = (('batch', 'data'),)
   # Names that `eval_metrics` (and `decode_metrics`) return, so a target can be checked before training.
   eval_metric_names: Sequence[str] = ('loss',)
   # Generation-based evaluation (e.g. BLEU of beam search) is slow: it runs every
@@ -43,7 +49,18 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
-    """(params, model_state); params may be logically partitioned boxes."""
+    """(params, model_state) from the config alone (never reading data), so it runs without data;
+    params may be logically partitioned boxes."""
+
+  def prepare_data(self) -> None:
+    """Makes sure the data exists (generating the offline set where the config says so) and
+    agrees with the config, else a ConfigError naming the mismatch; the trainer calls it once,
+    before training. Default: nothing to prepare."""
+
+  @abc.abstractmethod
+  def abstract_batch(self, split: str) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of `split` ('train' or 'eval') as the trainer receives it (names, shapes,
+    dtypes), from the config alone: the steps compile ahead of time without data."""
 
   @property
   def width(self) -> int:
@@ -85,13 +102,26 @@ class Task(abc.ABC):
     raise NotImplementedError
 
 
+def abstract_global_batch(config: ml_collections.ConfigDict, split: str,
+                          row_specs: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch of `split` from each array's (shape of one row, dtype): global_batch_size
+  rows for 'train'; eval_batch_size rows for 'eval', which also carries the float32 `weight`
+  (0 on padding rows) of every eval batch."""
+  if split not in SPLITS:
+    raise ConfigError(f'batch split {split!r}: choose one of {", ".join(SPLITS)}')
+  rows = config.global_batch_size if split == 'train' else config.eval_batch_size
+  batch = {name: jax.ShapeDtypeStruct((rows, *shape), dtype) for name, (shape, dtype) in row_specs.items()}
+  if split == 'eval':
+    batch['weight'] = jax.ShapeDtypeStruct((rows,), np.float32)
+  return batch
+
+
 def width_ratio(config: ml_collections.ConfigDict, width: int) -> float:
   """m = width / base_width under parameterization=mup; 1 under standard (nothing then changes)."""
   return width / config.base_width if config.parameterization == 'mup' else 1.0
 
 
-def mesh_axis_size(config: ml_collections.ConfigDict, rules: Sequence[tuple[str, str | None]],
-                   logical: str) -> int:
+def mesh_axis_size(config: ml_collections.ConfigDict, rules: AxisRules, logical: str) -> int:
   """How many ways config.mesh splits the logical axis `logical` (its first rule in `rules`).
 
   A function of the config alone, so parameter shapes built from it never depend on the device

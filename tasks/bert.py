@@ -26,7 +26,7 @@ import optax
 from errors import ConfigError
 from data import batches, bert_pretraining, synthetic_text
 from tasks import layers, losses
-from tasks.base import Task, mesh_axis_size, preset_fields, width_ratio
+from tasks.base import Task, abstract_global_batch, mesh_axis_size, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,7 +50,7 @@ def model_config(config) -> ModelConfig:
   task = config.task
   fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, max_positions=task.max_seq_length,
-                     next_sentence=task.next_sentence, dtype=task.dtype,
+                     next_sentence=task.next_sentence, dtype=task.dtype, remat=task.remat,
                      width_ratio=width_ratio(config, fields['features']),
                      vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
 
@@ -69,8 +69,9 @@ class Bert(nn.Module):
         'segment_embedding', nn.with_logical_partitioning(init, (None, 'embed')), (NUM_SEGMENTS, c.features))
     self.embed_norm = layers.layer_norm(dtype)
     self.dropout = nn.Dropout(c.dropout)
-    self.blocks = [layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout,
-                                       dtype, activation=nn.gelu, width_ratio=c.width_ratio)
+    block = layers.rematerialized(layers.EncoderBlock, c.remat)
+    self.blocks = [block(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
+                         activation=nn.gelu, width_ratio=c.width_ratio)
                    for _ in range(c.layers)]
     self.final_norm = layers.layer_norm(dtype)
     self.mlm_transform = layers.dense(c.features, ('embed', 'mlp'), dtype, 'mlm_transform')
@@ -128,6 +129,8 @@ class Pretraining(Task):
 
   # ---- Data.
   def _prepared(self) -> str:
+    """The prepared folder, the synthetic corpus prepared into it first where the config says so;
+    refuses data of other lengths or a larger vocabulary than the model's."""
     task = self.config.task
     if task.generate and not bert_pretraining.is_prepared(self.data_dir):
       synthetic_text.prepare_tiny(
@@ -141,6 +144,18 @@ class Pretraining(Task):
                         f'vocabulary ({vocab_size} ids in {self.data_dir})')
     return self.data_dir
 
+  def prepare_data(self):
+    self._prepared()
+
+  def abstract_batch(self, split):
+    """int32 features as data/bert_pretraining.py reads them (masked_lm_weights too); labels are [rows]."""
+    task = self.config.task
+    tokens, predictions = (task.max_seq_length,), (task.max_predictions_per_seq,)
+    return abstract_global_batch(self.config, split, {
+        'input_ids': (tokens, jnp.int32), 'input_mask': (tokens, jnp.int32), 'segment_ids': (tokens, jnp.int32),
+        'masked_lm_positions': (predictions, jnp.int32), 'masked_lm_ids': (predictions, jnp.int32),
+        'masked_lm_weights': (predictions, jnp.int32), 'next_sentence_labels': ((), jnp.int32)})
+
   def train_data(self, process_index, process_count, start_step):
     return bert_pretraining.train_batches(self._prepared(), self.config.global_batch_size, self.config.seed,
                                           start_step, process_index, process_count)
@@ -152,7 +167,6 @@ class Pretraining(Task):
 
   # ---- Model.
   def init(self, rng):
-    self._prepared()  # the data (and its vocabulary) must exist before training starts
     task = self.config.task
     ids = jnp.zeros((1, task.max_seq_length), jnp.int32)
     example = {'input_ids': ids, 'input_mask': ids + 1, 'segment_ids': ids,

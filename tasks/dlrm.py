@@ -3,7 +3,8 @@
 A bottom MLP over the 13 dense features, one embedding table per categorical feature
 (26), the pairwise dot products of the 27 resulting vectors, and a top MLP over those
 and the bottom output, giving one click logit. Tables are sharded row-wise over the
-`model` mesh axis (logical axis `table_rows`), so a table larger than one device fits.
+whole mesh (logical axis `table_rows` on `data` x `model`), so a table larger than one
+device fits, and every device holds an equal share of the embeddings.
 
 Evaluation over the whole eval split: `log_loss` (the mean binary cross-entropy,
 also `loss`) and `auc`, the exact ROC AUC of all predictions (data/criteo.py), which
@@ -11,7 +12,8 @@ the trainer gathers through the task's decode path.
 
 Data: Criteo TSV under `<data_dir>/<task.dataset>` (data/criteo.py); with
 `task.generate=True` a planted-model set is written there first
-(data/synthetic_criteo.py, which also records its Bayes-optimal AUC).
+(data/synthetic_criteo.py, which also records its Bayes-optimal AUC); `prepare_data`
+logs that ceiling.
 """
 
 import dataclasses
@@ -26,9 +28,9 @@ from absl import logging
 
 from data import criteo, synthetic_criteo
 from tasks import losses
-from tasks.base import Task, width_ratio
+from tasks.base import Task, abstract_global_batch, width_ratio
 
-ROW_ALIGNMENT = 128  # table rows are padded to a multiple of this, so any model axis up to it divides them
+ROW_ALIGNMENT = 128  # table rows are padded to a multiple of this, so a mesh of 2**k <= 128 devices divides them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Dlrm(nn.Module):
 
 
 class ClickThrough(Task):
-  logical_axis_rules = (('batch', 'data'), ('table_rows', 'model'), ('embed', None),
+  logical_axis_rules = (('batch', 'data'), ('table_rows', ('data', 'model')), ('embed', None),
                         ('mlp_in', None), ('mlp', None))
   eval_metric_names = ('loss', 'log_loss', 'auc')
   decode_every = 1  # AUC needs every prediction: it is computed at every evaluation
@@ -104,12 +106,25 @@ class ClickThrough(Task):
     return max(self.config.task.bottom_mlp + self.config.task.top_mlp)
 
   def _prepared(self) -> str:
+    """The dataset folder, the planted-model set generated into it first where the config says so."""
     task = self.config.task
     if task.generate:
       self.bayes = synthetic_criteo.prepare_tiny(self.data_dir, task.generated_train, task.generated_eval,
                                                  task.data_seed)
     criteo.check_prepared(self.data_dir)
     return self.data_dir
+
+  def prepare_data(self):
+    self._prepared()
+    if self.config.task.generate:
+      logging.info('generated click logs: on the eval split the planted model has AUC %.4f and log loss '
+                   '%.4f (the ceiling); the constant predictor has log loss %.4f', self.bayes['auc'],
+                   self.bayes['log_loss'], self.bayes['constant_log_loss'])
+
+  def abstract_batch(self, split):
+    return abstract_global_batch(self.config, split, {'dense': ((criteo.NUM_DENSE,), np.float32),
+                                                      'sparse': ((criteo.NUM_SPARSE,), np.int32),
+                                                      'label': ((), np.float32)})
 
   def train_data(self, process_index, process_count, start_step):
     return criteo.train_batches(self._prepared(), self.config.task.table_sizes, self.config.global_batch_size,
@@ -125,11 +140,6 @@ class ClickThrough(Task):
       yield {**batch, 'index': np.arange(i * rows, (i + 1) * rows, dtype=np.int32)}
 
   def init(self, rng):
-    self._prepared()
-    if self.config.task.generate:
-      logging.info('generated click logs: on the eval split the planted model has AUC %.4f and log loss '
-                   '%.4f (the ceiling); the constant predictor has log loss %.4f', self.bayes['auc'],
-                   self.bayes['log_loss'], self.bayes['constant_log_loss'])
     dense = jnp.zeros((1, criteo.NUM_DENSE), jnp.float32)
     sparse = jnp.zeros((1, criteo.NUM_SPARSE), jnp.int32)
     return self.model.init(rng, dense, sparse)['params'], {}

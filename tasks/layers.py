@@ -25,6 +25,7 @@ stay those of the base width, and tied output logits shrink as 1/width_ratio.
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -40,6 +41,14 @@ NEG_INF = -1e9
 LOGICAL_AXIS_RULES = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'), ('mlp', 'model'),
                       ('embed', None))
 VOCAB_ALIGNMENT = 128  # embedding rows per shard are a multiple of this (a TPU lane width)
+# `ModelConfig.remat`: what an encoder or decoder block keeps of its forward pass for the backward pass.
+REMAT_POLICIES = {
+    'none': None,  # everything (no recomputation): fastest, most memory
+    'full': jax.checkpoint_policies.nothing_saveable,  # only the block's inputs: the whole block runs again
+    # also the projections' outputs (matmuls without batch dimensions); attention logits, softmax,
+    # dropout and activations, the terms quadratic in length or elementwise, are recomputed
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +63,11 @@ class ModelConfig:
   dtype: str = 'float32'  # activations; parameters and optimizer state stay float32
   width_ratio: float = 1.0  # width / base_width under muP, else 1
   vocab_shards: int = 1  # the size of the mesh axis the vocabulary is split over
+  remat: str = 'none'  # what blocks keep for the backward pass: a REMAT_POLICIES key
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f'task.remat={self.remat!r}: choose one of {", ".join(REMAT_POLICIES)}')
 
   @property
   def padded_vocab_size(self) -> int:
@@ -212,8 +226,23 @@ def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, 
   return x + nn.Dropout(dropout)(y, deterministic=deterministic)
 
 
+@functools.cache
+def rematerialized(block_class, remat: str):
+  """`block_class`, or its version that recomputes `forward` in the backward pass keeping only what the
+  `remat` policy saves (one class per setting, however often a model is set up). Parameter paths are
+  unchanged (checkpoints and optimizer statistics are keyed by them); `deterministic` is static, since
+  dropout branches on it in Python."""
+  if remat == 'none':
+    return block_class
+  deterministic = list(inspect.signature(block_class.forward).parameters).index('deterministic')
+  return nn.remat(block_class, policy=REMAT_POLICIES[remat], static_argnums=(deterministic,), methods=['forward'])
+
+
 class _Block(nn.Module):
-  """The sizes, dropouts and dtype an encoder or decoder block is built with."""
+  """The sizes, dropouts and dtype an encoder or decoder block is built with.
+
+  `__call__` takes `deterministic` by keyword and passes it on positionally to `forward`, the layers
+  themselves, so that `rematerialized` can mark it static (jax.checkpoint traces keyword arguments)."""
   num_heads: int
   features: int
   hidden: int
@@ -227,8 +256,11 @@ class EncoderBlock(_Block):
   """Self-attention and feed-forward, each pre-normalised with a residual connection."""
   activation: Callable = nn.relu
 
-  @nn.compact
   def __call__(self, x, mask, *, deterministic: bool):
+    return self.forward(x, mask, deterministic)
+
+  @nn.compact
+  def forward(self, x, mask, deterministic: bool):
     sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
                                  dtype=self.dtype)
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
@@ -242,8 +274,11 @@ class DecoderBlock(_Block):
   """Causal self-attention, attention to the encoder, feed-forward (pre-LN, residual)."""
   decode: bool = False
 
-  @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, *, deterministic: bool, decode_position=None):
+    return self.forward(x, encoded, self_mask, cross_mask, deterministic, decode_position)
+
+  @nn.compact
+  def forward(self, x, encoded, self_mask, cross_mask, deterministic: bool, decode_position=None):
     sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
                                  dtype=self.dtype)
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,

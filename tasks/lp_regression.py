@@ -11,18 +11,20 @@ With `task.activation` tanh or relu between the layers the model is an MLP of
 experiments, where the first layer is the input, the last the read-out.
 
 Data: the UCI gas-sensor regression set the paper used (`data/gas_sensor.py`),
-or, with `task.generate=True`, a generated set in the same file format.
+or, with `task.generate=True`, a generated set in the same file format. The model
+takes `task.num_features` features; `prepare_data` refuses data with another count.
 """
 
 import os
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from errors import ConfigError
 from data import batches, gas_sensor
 from tasks import losses
-from tasks.base import Task
+from tasks.base import Task, abstract_global_batch
 
 
 ACTIVATIONS = {'linear': lambda x: x, 'tanh': nn.tanh, 'relu': nn.relu}
@@ -65,12 +67,14 @@ class LpRegression(Task):
       raise ConfigError(f'task.depth={task.depth} must be >= 1')
     if task.activation not in ACTIVATIONS:
       raise ConfigError(f'task.activation={task.activation!r}: choose one of {", ".join(ACTIVATIONS)}')
+    if task.num_features < 1:
+      raise ConfigError(f'task.num_features={task.num_features} must be positive')
     last = task.depth - 1
     self.parameter_roles = ((r'layer0/kernel', 'input' if last else 'fixed'),
                             (f'layer{last}/kernel', 'output'), (r'layer\d+/kernel', 'hidden'))
     self.data_dir = os.path.join(config.data_dir, task.dataset)
+    self.model = DeepLinear(task.depth, task.width or task.num_features, task.init_scale, task.activation)
     self._splits = None
-    self.model = None  # built once the data says how many features there are
 
   def _load(self):
     if self._splits is None:
@@ -81,19 +85,27 @@ class LpRegression(Task):
               f'no gas-sensor data in {self.data_dir}: unpack the UCI "Gas Sensor Array Drift" '
               f'batch*.dat files there, or use a :tiny config (which generates data)')
         gas_sensor.generate(self.data_dir, task.num_examples, task.num_features, seed=task.data_seed)
-      self._splits = gas_sensor.standardized_splits(self.data_dir, task.eval_fraction, task.data_seed)
-      num_features = self._splits[0]['x'].shape[1]
-      self.model = DeepLinear(task.depth, task.width or num_features, task.init_scale, task.activation)
+      splits = gas_sensor.standardized_splits(self.data_dir, task.eval_fraction, task.data_seed)
+      num_features = splits[0]['x'].shape[1]
+      if num_features != task.num_features:
+        raise ConfigError(f'the data in {self.data_dir} has {num_features} features, but '
+                          f'task.num_features={task.num_features}: set task.num_features={num_features}')
+      self._splits = splits
     return self._splits
+
+  def prepare_data(self):
+    self._load()
+
+  def abstract_batch(self, split):
+    return abstract_global_batch(self.config, split, {'x': ((self.config.task.num_features,), np.float32),
+                                                      'y': ((), np.float32)})
 
   @property
   def width(self) -> int:
-    self._load()
     return self.model.width
 
   def init(self, rng):
-    train, _ = self._load()
-    variables = self.model.init(rng, train['x'][:1])
+    variables = self.model.init(rng, jnp.zeros((1, self.config.task.num_features), jnp.float32))
     return variables['params'], {}
 
   def _residuals(self, params, batch):

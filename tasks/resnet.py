@@ -17,7 +17,8 @@ keeps enough resolution for 32-pixel images.
 
 Data: tfds `imagenet2012` in a tfds data_dir (data/imagenet.py); with
 `task.generate` a small set of the same form is written there first
-(data/synthetic_imagenet.py).
+(data/synthetic_imagenet.py). The head has `task.num_classes` outputs (ImageNet's
+1000); `prepare_data` refuses data written with another number of classes.
 """
 
 import dataclasses
@@ -31,7 +32,7 @@ import optax
 from errors import ConfigError
 from data import imagenet, synthetic_imagenet
 from tasks import losses
-from tasks.base import Task, width_ratio
+from tasks.base import Task, abstract_global_batch, width_ratio
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # MLPerf's reference (as PyTorch's 0.1 / 1e-5)
 STEMS = ('imagenet', 'small')
@@ -150,14 +151,18 @@ class ImageClassification(Task):
       raise ConfigError(f'task.stem={task.stem!r}: choose one of {", ".join(STEMS)}')
     if task.dtype not in DTYPES:
       raise ConfigError(f'task.dtype={task.dtype!r}: choose one of {", ".join(DTYPES)}')
-    if task.width <= 0 or task.image_size <= 0:
-      raise ConfigError(f'task.width={task.width} and task.image_size={task.image_size} must be positive')
+    if task.width <= 0 or task.image_size <= 0 or task.num_classes <= 0:
+      raise ConfigError(f'task.width={task.width}, task.image_size={task.image_size} and '
+                        f'task.num_classes={task.num_classes} must be positive')
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.tfds_dir))
-    self.model = None  # built once the data says how many classes there are
+    stage_sizes, block = MODELS[task.model]
+    self.model = ResNet(ModelConfig(stage_sizes, block, task.width, task.num_classes, task.stem, task.dtype,
+                                    width_ratio(config, task.width)))
 
   def _prepared(self) -> str:
+    """The tfds data_dir, the synthetic set generated into it first where the config says so."""
     task = self.config.task
     if task.generate:
       synthetic_imagenet.prepare_tiny(self.data_dir, task.generated_classes, task.generated_train_per_class,
@@ -165,13 +170,17 @@ class ImageClassification(Task):
     imagenet.check_prepared(self.data_dir)
     return self.data_dir
 
-  def _model(self) -> ResNet:
-    if self.model is None:
-      task = self.config.task
-      stage_sizes, block = MODELS[task.model]
-      self.model = ResNet(ModelConfig(stage_sizes, block, task.width, imagenet.num_classes(self._prepared()),
-                                      task.stem, task.dtype, width_ratio(self.config, task.width)))
-    return self.model
+  def prepare_data(self):
+    classes = imagenet.num_classes(self._prepared())
+    if classes != self.config.task.num_classes:
+      raise ConfigError(f'task.num_classes={self.config.task.num_classes}, but the data in {self.data_dir} '
+                        f'has {classes} classes: set task.num_classes={classes} or point task.tfds_dir at '
+                        f'data with {self.config.task.num_classes}')
+
+  def abstract_batch(self, split):
+    task = self.config.task
+    return abstract_global_batch(self.config, split, {'image': ((task.image_size, task.image_size, 3), task.dtype),
+                                                      'label': ((), jnp.int32)})
 
   @property
   def width(self) -> int:
@@ -189,18 +198,18 @@ class ImageClassification(Task):
 
   def init(self, rng):
     images = jnp.zeros((1, self.config.task.image_size, self.config.task.image_size, 3), jnp.float32)
-    variables = self._model().init(rng, images, train=False)
+    variables = self.model.init(rng, images, train=False)
     return variables['params'], {'batch_stats': variables['batch_stats']}
 
   def loss(self, params, model_state, batch, rng):
-    logits, updates = self._model().apply({'params': params, **model_state}, batch['image'], train=True,
-                                          mutable=['batch_stats'])
+    logits, updates = self.model.apply({'params': params, **model_state}, batch['image'], train=True,
+                                        mutable=['batch_stats'])
     loss = losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=self.config.task.label_smoothing)
     accuracy = jnp.mean(_correct_in_top_k(logits, batch['label'], 1))
     return loss, ({'batch_stats': updates['batch_stats']}, {'accuracy': accuracy})
 
   def evaluate(self, params, model_state, batch):
-    logits = self._model().apply({'params': params, **model_state}, batch['image'], train=False)
+    logits = self.model.apply({'params': params, **model_state}, batch['image'], train=False)
     labels, weight = batch['label'], batch['weight']
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     top5 = min(5, logits.shape[-1])

@@ -27,7 +27,7 @@ import sacrebleu
 from errors import ConfigError
 from data import batches, synthetic_translation, wmt
 from tasks import beam_search, layers, losses
-from tasks.base import Task, mesh_axis_size, preset_fields, width_ratio
+from tasks.base import Task, abstract_global_batch, mesh_axis_size, preset_fields, width_ratio
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,13 +44,16 @@ class Transformer(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     self.embed = layers.Embed(c.vocab_size, c.padded_vocab_size, c.features, dtype, c.width_ratio)
+    encoder_block = layers.rematerialized(layers.EncoderBlock, c.remat)
     self.encoder_blocks = [
-        layers.EncoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
-                            width_ratio=c.width_ratio)
+        encoder_block(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
+                      width_ratio=c.width_ratio)
         for _ in range(c.encoder_layers)]
+    # Decoding (beam search) has no backward pass to save memory for.
+    decoder_block = layers.rematerialized(layers.DecoderBlock, 'none' if self.decode else c.remat)
     self.decoder_blocks = [
-        layers.DecoderBlock(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
-                            decode=self.decode, width_ratio=c.width_ratio)
+        decoder_block(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
+                      decode=self.decode, width_ratio=c.width_ratio)
         for _ in range(c.decoder_layers)]
     self.encoder_norm = layers.layer_norm(dtype)
     self.decoder_norm = layers.layer_norm(dtype)
@@ -127,9 +130,14 @@ def model_config(config) -> ModelConfig:
   """The preset `task.model`, with any task field set explicitly (>= 0 dropouts, > 0 sizes) overriding it."""
   task = config.task
   fields = preset_fields(task, MODELS)
-  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype,
+  return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, remat=task.remat,
                      width_ratio=width_ratio(config, fields['features']),
                      vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
+
+
+# The arrays of every training and eval batch (data/wmt.py); eval batches add `weight`.
+BATCH_KEYS = ('inputs', 'targets', 'inputs_segmentation', 'targets_segmentation', 'inputs_position',
+              'targets_position')
 
 
 class Translation(Task):
@@ -161,14 +169,30 @@ class Translation(Task):
 
   # ---- Data.
   def tokenizer(self):
+    """The shared vocabulary, after the corpus is generated (where the config says so) and checked;
+    refuses one with more pieces than the model's task.vocab_size."""
     if self._tokenizer is None:
       task = self.config.task
       if task.generate and not wmt.is_prepared(self.data_dir):
         synthetic_translation.generate(self.data_dir, task.generated_train_pairs,
                                        task.generated_eval_pairs, seed=task.data_seed)
       wmt.check_prepared(self.data_dir)
-      self._tokenizer = wmt.load_tokenizer(self.data_dir, task.vocab_size)
+      tokenizer = wmt.load_tokenizer(self.data_dir, task.vocab_size)
+      if tokenizer.get_piece_size() > task.vocab_size:
+        raise ConfigError(f'the tokenizer {wmt.tokenizer_path(self.data_dir, task.vocab_size)} has '
+                          f'{tokenizer.get_piece_size()} pieces, more than task.vocab_size={task.vocab_size}')
+      self._tokenizer = tokenizer
     return self._tokenizer
+
+  def prepare_data(self):
+    self.tokenizer()
+
+  def abstract_batch(self, split):
+    """Six int32 arrays [rows, length]: packed rows of max_length tokens in training, one pair a row
+    of eval_max_length in evaluation."""
+    task = self.config.task
+    length = task.max_length if split == 'train' else task.eval_max_length
+    return abstract_global_batch(self.config, split, {name: ((length,), jnp.int32) for name in BATCH_KEYS})
 
   def train_data(self, process_index, process_count, start_step):
     return wmt.train_batches(
@@ -197,7 +221,6 @@ class Translation(Task):
             'inputs_position': jnp.zeros_like(ids), 'targets_position': jnp.zeros_like(ids)}
 
   def init(self, rng):
-    self.tokenizer()  # the vocabulary must exist before training starts
     variables = self.model.init(rng, self._example(self.config.task.max_length), deterministic=True)
     return variables['params'], {}
 

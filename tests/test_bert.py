@@ -1,5 +1,6 @@
 """BERT: the model's masking contract, the MLM head, tiny training, sharding, config checks."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -11,7 +12,7 @@ import pytest
 import trainer
 from errors import ConfigError
 from conftest import assert_sharded_run_matches_one_device, load_config
-from tasks import layers
+from tasks import layers, losses
 from tasks.bert import Bert, ModelConfig, Pretraining, model_config
 from trainer import partitioning
 
@@ -151,3 +152,50 @@ def test_bad_settings_are_refused_before_training(tmp_path):
     trainer.run(load_config('bert_adam', **SMALL, task__features=36, mesh__data=1, mesh__model=8),
                 str(tmp_path / 'run'), 'bert_adam')
   assert not (tmp_path / 'run').exists()
+
+
+def remat_policies(jaxpr) -> list:
+  """The policy of every jax.checkpoint region in `jaxpr`, nested jaxprs included."""
+  checkpoint = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
+  policies = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is checkpoint:
+      policies.append(eqn.params['policy'])
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      policies += remat_policies(inner)
+  return policies
+
+
+def loss_gradients_and_remat_policies(remat):
+  """(parameters, (loss, gradients), policies of the gradient's checkpoint regions) of MODEL with dropout."""
+  batch = random_batch(5)
+  model = Bert(dataclasses.replace(MODEL, remat=remat, dropout=0.1, attention_dropout=0.1))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, deterministic=True)['params'])
+
+  def loss(params):
+    mlm, nsp = model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)})
+    return (losses.softmax_cross_entropy(mlm, batch['masked_lm_ids'], batch['masked_lm_weights'])
+            + losses.softmax_cross_entropy(nsp, batch['next_sentence_labels']))
+  return params, jax.value_and_grad(loss)(params), remat_policies(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots'])
+def test_remat_keeps_the_loss_gradients_and_parameter_paths(remat):
+  """Rematerialized blocks recompute their forward pass, dropout included, in the backward pass: loss,
+  gradients and parameter paths (which checkpoints and Shampoo's statistics are keyed by) stay as they
+  are, and the gradient holds one checkpoint region per block, with the setting's policy."""
+  params, (value, grads), policies = loss_gradients_and_remat_policies('none')
+  remat_params, (remat_value, remat_grads), remat_policy = loss_gradients_and_remat_policies(remat)
+  assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, remat_params, params)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads)
+  assert not policies
+  assert remat_policy == [layers.REMAT_POLICIES[remat]] * MODEL.layers
+
+
+def test_remat_is_checked_and_on_for_the_paper_model():
+  with pytest.raises(ConfigError, match=r"task.remat='some': choose one of none, full, dots"):
+    dataclasses.replace(MODEL, remat='some')
+  assert model_config(load_config('bert_adam', 'paper')).remat == 'full'
+  assert model_config(load_config('bert_adam')).remat == 'none'

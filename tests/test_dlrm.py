@@ -1,4 +1,4 @@
-"""DLRM: the forward pass against NumPy, row-sharded tables, tiny training, config checks."""
+"""DLRM: the forward pass against NumPy, tables row-sharded over the whole mesh, tiny training, config checks."""
 
 import json
 import os
@@ -64,22 +64,24 @@ def test_tiny_training_beats_the_constant_predictor(tmp_path):
 
 
 def test_row_sharded_tables_match_a_single_device(tmp_path):
-  """data=2 x model=4: every table split row-wise over `model`; the run equals one device's."""
+  """data=2 x model=4: every table split row-wise over all 8 devices; the run equals one device's."""
   one, eight = assert_sharded_run_matches_one_device('dlrm_adam', tmp_path, data=2, model=4,
                                                      **dict(SMALL, num_steps=4, eval_every=4, log_every=2))
   np.testing.assert_allclose(eight['final_eval']['auc'], one['final_eval']['auc'], atol=1e-4)
 
 
-def test_tables_are_sharded_row_wise():
+def test_tables_are_sharded_row_wise_over_the_whole_mesh():
   task = ClickThrough(load_config('dlrm_adam', **SMALL))
-  boxed = jax.eval_shape(lambda: task.model.init(
-      jax.random.PRNGKey(0), np.zeros((1, criteo.NUM_DENSE), np.float32),
-      np.zeros((1, criteo.NUM_SPARSE), np.int32)))['params']
+  boxed, _ = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   mesh = trainer.partitioning.make_mesh({'data': 2, 'model': 4}, jax.devices())
   shardings = trainer.partitioning.logical_shardings(boxed, mesh, task.logical_axis_rules)
   for i in range(criteo.NUM_SPARSE):
-    assert shardings[f'table_{i}'].spec == jax.sharding.PartitionSpec('model', None)
+    assert shardings[f'table_{i}'].spec == jax.sharding.PartitionSpec(('data', 'model'), None)
   assert shardings['top_0']['kernel'].spec == jax.sharding.PartitionSpec(None, None)
+  # Rows padded to a multiple of 128 do not split over 6 devices: one line naming the table.
+  six = trainer.partitioning.make_mesh({'data': 2, 'model': 3}, jax.devices()[:6])
+  with pytest.raises(ConfigError, match=r"parameter table_\d+ of shape \(\d+, 8\) .* 'data' x 'model' \(size 6\)"):
+    trainer.partitioning.logical_shardings(boxed, six, task.logical_axis_rules)
 
 
 def test_bad_settings_are_refused_before_training(tmp_path):

@@ -4,6 +4,7 @@ import logging
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,10 @@ from conftest import load_config, subprocess_env
 from errors import ConfigError
 from optimizers import kfac
 from tasks import losses
+from tasks.resnet import ModelConfig as ResNetConfig
+from tasks.resnet import ResNet
+from tasks.transformer import ModelConfig as TransformerConfig
+from tasks.transformer import Transformer
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -300,3 +305,60 @@ def test_the_kfac_jax_shim_is_still_needed_and_agrees_with_jax():
   assert published.returncode != 0 and 'unpack' in published.stderr
   eqn = jax.make_jaxpr(jnp.sin)(1.0).eqns[0]
   assert kfac._compatible_eval_jaxpr_eqn(eqn, [1.0])[0] == jnp.sin(1.0)
+
+
+def model_loss_context(name, dtype, remat='none'):
+  """A tiny Transformer (1 + 1 layers: 16 dense layers) or ResNet (a stem and 2 basic blocks, one with a
+  projection: 6 convolutions, then a dense head) computing in `dtype`, and its loss, as K-FAC receives them."""
+  if name == 'transformer':
+    model = Transformer(TransformerConfig(vocab_size=40, features=32, num_heads=4, hidden=64, encoder_layers=1,
+                                          decoder_layers=1, dropout=0.1, attention_dropout=0.1, dtype=dtype,
+                                          remat=remat))
+    batch = {k: jnp.ones((4, 12), jnp.int32) for k in ('inputs', 'targets', 'inputs_segmentation',
+                                                        'targets_segmentation', 'inputs_position', 'targets_position')}
+    init = lambda rng: model.init(rng, batch, deterministic=True)
+
+    def value_fn(params, model_state, rng, batch):
+      logits = model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': rng})
+      return losses.softmax_cross_entropy(logits, batch['targets'], batch['targets_segmentation'] > 0)
+  else:
+    model = ResNet(ResNetConfig(stage_sizes=(1, 1), block='basic', width=8, num_classes=10, stem='small',
+                                dtype=dtype))
+    batch = {'image': jnp.ones((4, 16, 16, 3)), 'label': jnp.ones((4,), jnp.int32)}
+    init = lambda rng: model.init(rng, batch['image'], train=False)
+
+    def value_fn(params, model_state, rng, batch):
+      logits = model.apply({'params': params, **model_state}, batch['image'], train=False)
+      return losses.softmax_cross_entropy(logits, batch['label'])
+  model_state = nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
+  params = model_state.pop('params')
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (params, model_state, jax.random.PRNGKey(0), batch))
+  return kfac.LossContext(value_fn, shapes, name)
+
+
+def kronecker_blocks(loss):
+  """(number of Kronecker-factored blocks, the block type of every parameter) kfac-jax builds for `loss`."""
+  precon = kfac.preconditioner(base.optimizer('kfac'), loss)
+  return (sum('Kronecker' in type(block).__name__ for block in precon.estimator.blocks),
+          kfac.describe_blocks(precon, loss.example_args[0]))
+
+
+@pytest.mark.parametrize('name,layers', [('transformer', 16), ('resnet', 7)])
+def test_a_bfloat16_model_gets_the_kronecker_blocks_of_its_float32_twin(name, layers):
+  """Flax casts a bfloat16 layer's float32 kernel before its matmul or convolution, which kfac-jax's own
+  patterns do not match (every such layer fell back to a diagonal block)."""
+  count, listing = kronecker_blocks(model_loss_context(name, 'float32'))
+  assert count == layers
+  assert kronecker_blocks(model_loss_context(name, 'bfloat16')) == (count, listing)
+
+
+def test_rematerialized_blocks_keep_their_kronecker_blocks_and_loss():
+  """kfac-jax's matcher does not look inside jax.checkpoint regions (every layer of a block fell back to a
+  diagonal block): K-FAC gets the loss with them inlined, whose value is the loss's."""
+  loss = model_loss_context('transformer', 'float32', remat='full')
+  assert kronecker_blocks(loss) == kronecker_blocks(model_loss_context('transformer', 'float32'))
+  args = jax.tree.map(lambda s: jax.random.normal(jax.random.PRNGKey(0), s.shape, s.dtype)
+                      if jnp.issubdtype(s.dtype, jnp.floating) else jnp.ones(s.shape, s.dtype), loss.example_args)
+  np.testing.assert_allclose(jax.jit(kfac.inline_remat(loss.value_fn))(*args), jax.jit(loss.value_fn)(*args),
+                             rtol=1e-6)

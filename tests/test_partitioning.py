@@ -67,6 +67,23 @@ def test_a_stack_spreads_over_the_largest_axis_set_that_divides_it():
                    6: PartitionSpec(('model',)), 3: PartitionSpec()}
 
 
+@pytest.mark.parametrize('axes', [{'data': 4, 'model': 2}, {'data': 8, 'model': 1}, {'data': 1, 'model': 8}])
+def test_shampoo_stacks_padded_to_the_device_count_spread_over_the_whole_mesh(axes):
+  """12, 2 and 4 statistics per stack, padded to 16, 8 and 8: every stack on all 8 devices."""
+  mesh = partitioning.make_mesh(axes, jax.devices())
+  params = {'w': jnp.zeros((10, 6)), 't': jnp.zeros((3, 4, 5))}
+  hyperparameters = {**SHAMPOO, 'block_size': 4, 'merge_small_dims_block_size': 1}
+  tx = shampoo.shampoo(0.1, stack_multiple=mesh.size, **hyperparameters)
+  state = jax.eval_shape(tx.init, params)
+  replicated = {name: partitioning.replicated(mesh) for name in params}
+  shardings = partitioning.optimizer_state_shardings(state, params, replicated, mesh)
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  stacks = [(leaf.shape[0], sharding) for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings))
+            if leaf.ndim == 3 and shampoo.is_stack(jax.tree_util.keystr(path))]
+  assert sorted(length for length, _ in stacks) == [8, 8, 8, 8, 16, 16]
+  assert all(sharding.spec == PartitionSpec(('data', 'model')) for _, sharding in stacks)
+
+
 def boxed(shape, names):
   return nn.LogicallyPartitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names)
 

@@ -15,7 +15,7 @@ from conftest import assert_sharded_run_matches_one_device, load_config
 from tasks.resnet import MODELS, ImageClassification, ModelConfig, ResNet
 
 # A small generated set through the real generator and tfds reader: 4 classes, 16-pixel crops.
-SMALL = dict(task__tfds_dir='synthetic_imagenet_small', task__generated_classes=4,
+SMALL = dict(task__tfds_dir='synthetic_imagenet_small', task__generated_classes=4, task__num_classes=4,
              task__generated_train_per_class=64, task__generated_eval_per_class=16, task__image_size=16,
              task__width=8, global_batch_size=32, eval_batch_size=32, schedule__warmup_steps=2)
 
@@ -107,7 +107,8 @@ def test_synchronized_batch_norm_on_8_devices_matches_one(tmp_path):
 
 def test_bad_settings_are_refused_before_training(tmp_path):
   for field, value, message in (('model', '7', 'task.model'), ('stem', 'cifar', 'task.stem'),
-                                ('dtype', 'float16', 'task.dtype'), ('label_smoothing', 1.0, 'label_smoothing')):
+                                ('dtype', 'float16', 'task.dtype'), ('label_smoothing', 1.0, 'label_smoothing'),
+                                ('num_classes', 0, 'task.num_classes=0')):
     with pytest.raises(ConfigError, match=message):
       ImageClassification(load_config('resnet50_sgd', **{f'task__{field}': value}))
   with pytest.raises(ConfigError, match='tfds build imagenet2012'):
@@ -122,6 +123,7 @@ def test_configs_hold_the_papers_setting(optimizer):
   assert (paper.schedule.warmup_steps, paper.schedule.decay, paper.schedule.power) == (196, 'polynomial', 2.0)
   assert paper.target == ('accuracy', 0.759, 'above') and paper.optimizer.weight_decay == 1e-4
   assert paper.num_steps == (1729 if optimizer == 'shampoo' else 2512)
+  assert paper.task.num_classes == 1000 and tiny.task.num_classes == tiny.task.generated_classes
   for config in (tiny, paper):
     if not optimizers.needs_loss(optimizer):
       optimizers.build(config.optimizer, optimizers.schedules.build(config.schedule, 1.0, config.num_steps))

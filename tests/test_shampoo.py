@@ -8,6 +8,7 @@ import pytest
 from configs import optimizer_defaults
 from errors import ConfigError
 from optimizers import shampoo
+from trainer import partitioning
 
 DEFAULTS = optimizer_defaults.BY_NAME['shampoo']
 
@@ -382,3 +383,78 @@ def test_a_newton_iteration_that_turns_non_finite_is_a_failed_root():
   stats = jnp.stack([jnp.eye(4) * 3e38, jnp.eye(4)])
   roots, errors = shampoo.inverse_pth_root(stats, 4, epsilon=1e-6, relative_epsilon=False)
   assert errors[0] == jnp.inf and bool(jnp.isfinite(errors[1])) and errors[1] < 1e-3
+
+
+# Blocks of 4 over a ragged matrix and a rank-3 tensor: 12, 2 and 4 statistics in three stacks,
+# none a multiple of 8.
+PADDED_SHAPES = {'w': (10, 6), 't': (3, 4, 5), 'b': (5,)}
+PADDED = {'block_size': 4, 'merge_small_dims_block_size': 1, 'start_preconditioning_step': 1,
+          'preconditioning_compute_steps': 2}
+
+
+def test_stack_multiple_pads_every_stack_with_identities_and_leaves_the_updates_alone():
+  """Padded to 8, the stacks hold the same real statistics and the direction is the same at every
+  step (graft, momentum, roots refreshed at steps 1, 2 and 4)."""
+  grads = random_grads(PADDED_SHAPES, steps=5)
+  plain, plain_state = run(grads, **PADDED)
+  padded, state = run(grads, stack_multiple=8, **PADDED)
+  assert {k: v.shape[0] for k, v in plain_state.stats.items()} == {'00004_p4': 12, '00003_p6': 2,
+                                                                   '00004_p6': 4}
+  assert {k: v.shape[0] for k, v in state.stats.items()} == {'00004_p4': 16, '00003_p6': 8, '00004_p6': 8}
+  assert int(state.root_refreshes) == 3
+  for key, stats in state.stats.items():
+    real = plain_state.stats[key].shape[0]
+    np.testing.assert_allclose(stats[:real], plain_state.stats[key], rtol=1e-6)
+    np.testing.assert_array_equal(stats[real:], np.broadcast_to(np.eye(stats.shape[-1]), stats[real:].shape))
+    np.testing.assert_array_equal(state.padding[key], np.arange(stats.shape[0]) >= real)
+  for a, b in zip(padded, plain):
+    for name in PADDED_SHAPES:
+      assert_close(a[name], b[name], rtol=1e-6)
+
+
+def test_stacks_padded_to_the_mesh_shard_over_all_8_devices_and_update_as_on_one():
+  mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
+  grads = random_grads(PADDED_SHAPES, steps=3)
+  params = jax.tree.map(jnp.zeros_like, grads[0])
+  replicated = jax.tree.map(lambda _: partitioning.replicated(mesh), params)
+  tx = scale_by_shampoo(stack_multiple=8, **PADDED)
+  shardings = partitioning.optimizer_state_shardings(jax.eval_shape(tx.init, params), params, replicated, mesh)
+  state = jax.jit(tx.init, out_shardings=shardings)(params)
+  for stack in jax.tree.leaves((state.stats, state.roots)):
+    assert stack.shape[0] % 8 == 0
+    assert stack.sharding.spec == jax.sharding.PartitionSpec(('data', 'model'))
+    assert len({shard.device for shard in stack.addressable_shards}) == 8
+  update = jax.jit(tx.update, in_shardings=(replicated, shardings, replicated),
+                   out_shardings=(replicated, shardings))
+  expected, _ = run(grads, **PADDED)
+  for g, want in zip(grads, expected):
+    direction, state = update(g, state, params)
+    for name in PADDED_SHAPES:
+      assert_close(direction[name], want[name], rtol=1e-5)
+
+
+def test_health_counts_the_real_blocks_only():
+  """Every real root rejected (NaN statistics), the identities' accepted: all real roots failed and
+  graft-only, not diluted by the padding; the metrics are those of the unpadded stacks."""
+  grads = random_grads(PADDED_SHAPES, steps=2)
+  params = jax.tree.map(jnp.zeros_like, grads[0])
+  tx = scale_by_shampoo(stack_multiple=8, **PADDED)
+  update = jax.jit(tx.update)
+  _, state = update(grads[0], tx.init(params), params)  # before the start step: no refresh
+  poisoned = {k: jnp.where(state.padding[k][:, None, None], s, jnp.nan) for k, s in state.stats.items()}
+  _, failing = update(grads[1], state._replace(stats=poisoned), params)
+  assert int(failing.root_refreshes) == 1
+  assert jax.tree.map(float, shampoo.health(failing)) == {
+      'shampoo_failed_roots_total': 18.0, 'shampoo_refresh_failed_share': 1.0, 'shampoo_graft_share': 1.0}
+  _, healthy = update(grads[1], state, params)
+  _, plain = run(grads, **PADDED)
+  assert jax.tree.map(float, shampoo.health(healthy)) == {
+      'shampoo_failed_roots_total': 0.0, 'shampoo_refresh_failed_share': 0.0, 'shampoo_graft_share': 0.0}
+  for name, value in shampoo.metrics(plain).items():
+    assert float(shampoo.metrics(healthy)[name]) == pytest.approx(float(value), rel=1e-5), name
+
+
+@pytest.mark.parametrize('multiple', [0, 2.0])
+def test_a_bad_stack_multiple_is_a_config_error(multiple):
+  with pytest.raises(ConfigError, match=rf'^shampoo stack_multiple={multiple} must be a positive integer$'):
+    scale_by_shampoo(stack_multiple=multiple)

@@ -42,3 +42,20 @@ def test_rank1_and_oversized_params_are_not_blocked(shape):
   """Biases, all-1 shapes and a dim above skip_preconditioning_dim_size_gt: graft only, no layout."""
   layout = blocking.plan([shape], DEFAULTS)[0][0]
   assert not layout.preconditioned and shampoo.preconditioner_kind(shape, DEFAULTS) == 'graft'
+
+
+@pytest.mark.parametrize('multiple,padded', [(1, (12, 2, 4)), (8, (16, 8, 8)), (3, (12, 3, 6))])
+def test_stack_sizes_pad_each_bucket_to_the_multiple(multiple, padded):
+  """The real blocks per bucket, and its length padded to the multiple, as init allocates them; the
+  ragged-edge masks cover the padded length, with no padded coordinate in an identity block."""
+  shapes = [(10, 6), (3, 4, 5), (5,)]
+  hp = {**DEFAULTS, 'block_size': 4, 'merge_small_dims_block_size': 1}
+  sizes = shampoo.stack_sizes(shapes, hp, multiple)
+  assert sizes == dict(zip(('00004_p4', '00003_p6', '00004_p6'), zip((12, 2, 4), padded)))
+  state = shampoo.scale_by_shampoo(stack_multiple=multiple, **hp).init([jnp.zeros(s) for s in shapes])
+  assert {k: v.shape[0] for k, v in state.stats.items()} == {k: size.padded for k, size in sizes.items()}
+  _, _, masks = blocking.plan(shapes, hp, multiple)
+  for key, size in sizes.items():
+    assert masks[key].shape == (size.padded, blocking.bucket_size(key))
+    assert not masks[key][size.padding].any()
+    np.testing.assert_array_equal(size.padding, np.arange(size.padded) >= size.real)

@@ -1,5 +1,6 @@
 """The Transformer translation task: masking, decoding, beam search, BLEU, training, sharding."""
 
+import dataclasses
 import itertools
 import json
 
@@ -11,6 +12,7 @@ import pytest
 
 import trainer
 from conftest import assert_sharded_run_matches_one_device, load_config
+from errors import ConfigError
 from tasks import beam_search, layers, losses
 from tasks.transformer import ModelConfig, Transformer, Translation, cached_decoder, model_config
 from trainer import partitioning
@@ -218,3 +220,49 @@ def test_sharded_run_matches_single_device(tmp_path, optimizer):
   else:  # K-FAC samples its curvature over all logits: a vocabulary both meshes pad to the same 256
     common['task__vocab_size'] = 256
   assert_sharded_run_matches_one_device(f'transformer_{optimizer}', tmp_path, data=4, model=2, **common)
+
+
+def remat_policies(jaxpr) -> list:
+  """The policy of every jax.checkpoint region in `jaxpr`, nested jaxprs included."""
+  checkpoint = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
+  policies = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is checkpoint:
+      policies.append(eqn.params['policy'])
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      policies += remat_policies(inner)
+  return policies
+
+
+def loss_gradients_and_remat_policies(remat):
+  """(parameters, (loss, gradients), policies of the gradient's checkpoint regions) of MODEL with dropout."""
+  batch = pack(random_pairs(0, 3), 24)
+  model = Transformer(dataclasses.replace(MODEL, remat=remat, dropout=0.1, attention_dropout=0.1))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), batch, deterministic=True)['params'])
+
+  def loss(params):
+    logits = model.apply({'params': params}, batch, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)})
+    return losses.softmax_cross_entropy(logits, batch['targets'], batch['targets_segmentation'] > 0)
+  return params, jax.value_and_grad(loss)(params), remat_policies(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots'])
+def test_remat_keeps_the_loss_gradients_and_parameter_paths(remat):
+  """Rematerialized blocks recompute their forward pass, dropout included, in the backward pass: loss,
+  gradients and parameter paths (which checkpoints and Shampoo's statistics are keyed by) stay as they
+  are, and the gradient holds one checkpoint region per block, with the setting's policy."""
+  params, (value, grads), policies = loss_gradients_and_remat_policies('none')
+  remat_params, (remat_value, remat_grads), remat_policy = loss_gradients_and_remat_policies(remat)
+  assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, remat_params, params)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads)
+  assert not policies
+  assert remat_policy == [layers.REMAT_POLICIES[remat]] * (MODEL.encoder_layers + MODEL.decoder_layers)
+
+
+def test_remat_is_checked_and_on_for_the_paper_model():
+  with pytest.raises(ConfigError, match=r"task.remat='some': choose one of none, full, dots"):
+    dataclasses.replace(MODEL, remat='some')
+  assert model_config(load_config('transformer_adam', 'paper')).remat == 'full'
+  assert model_config(load_config('transformer_adam')).remat == 'none'

@@ -1,4 +1,13 @@
-"""The trainer: mesh, sharded jitted steps, evaluation, targets, timing, checkpoints."""
+"""The trainer: mesh, sharded jitted steps, evaluation, targets, timing, checkpoints; the planner.
 
-from trainer import distributed, host_memory  # noqa: F401
-from trainer.loop import run  # noqa: F401
+Submodules load on first use, so that `trainer.hardware` (no JAX) can set the platform
+before anything imports JAX.
+"""
+
+import importlib
+
+
+def __getattr__(name: str):
+  if name == 'run':
+    return importlib.import_module('trainer.loop').run
+  return importlib.import_module(f'trainer.{name}')

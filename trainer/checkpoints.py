@@ -6,8 +6,9 @@ but its tree metadata gives custom nodes (the optimizers' NamedTuples, the flax 
 nested dicts and lists, so checking a state against it would mean re-deriving orbax's key scheme;
 flat, the keys are the paths the error messages print and the check is a lookup per path.
 That check reads only the checkpoint's tree metadata, so a state that differs from the saved one
-(another model or optimizer setting) is one `ConfigError` naming the first path that differs,
-before any array is read or lands in the wrong place.
+(another model or optimizer setting, or Shampoo's stacks padded for another device count) is one
+`ConfigError` naming the first path that differs, before any array is read or lands in the wrong
+place.
 The metadata holds what the state cannot: timers and target bookkeeping.
 
 A step that does not restore (files emptied, truncated or unreadable: a full disk or a kill while
@@ -25,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from errors import ConfigError
+from optimizers import shampoo
 
 DIRECTORY = 'checkpoints'
 
@@ -46,7 +48,11 @@ def _first_difference(saved: dict, wanted: dict) -> str | None:
       return f'{path} is not in the checkpoint'
     shape, dtype = tuple(saved[path].shape), np.dtype(saved[path].dtype)
     if shape != tuple(want.shape):
-      return f'{path} has shape {shape} in the checkpoint, {tuple(want.shape)} here'
+      why = f'{path} has shape {shape} in the checkpoint, {tuple(want.shape)} here'
+      if shampoo.is_stack(path):
+        why += ('; Shampoo pads its stacks to a multiple of the device count: resume on the device '
+                'count (and blocking settings) that wrote the checkpoint')
+      return why
     if dtype != np.dtype(want.dtype):
       return f'{path} has dtype {dtype} in the checkpoint, {np.dtype(want.dtype)} here'
   for path in saved:

@@ -112,9 +112,7 @@ def loss_context(config, task, abstract_boxed) -> optimizers.kfac.LossContext | 
         f'curvature pass runs forward and backward over the whole batch at once, which would undo '
         f'the memory saving of accumulation; use grad_accum_steps=1')
   params, model_state = nn.unbox(abstract_boxed)
-  example = next(task.train_data(0, 1, 0))
-  batch = {k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype)
-           for k, v in example.items()}
+  batch = task.abstract_batch('train')
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
   return optimizers.kfac.LossContext(
       value_fn=lambda params, model_state, rng, batch: task.loss(params, model_state, batch, rng)[0],
@@ -304,20 +302,27 @@ class Steps(NamedTuple):
   diagnose: Callable | None   # state -> diagnostics, or None when off
 
 
-def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], name: str) -> Setup:
-  """Everything that can reject the config, before the workdir is touched."""
+def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], name: str,
+           with_data: bool = True) -> Setup:
+  """Everything that can reject the config, before the workdir is touched.
+
+  `with_data=False` (the planner) needs no data: the model and batches are built from the config.
+  """
   _check_finite(config)
   optimizers.parameterization.check(config)
   task = tasks.get(config.task.name)(config)
   target = Target.from_config(config.target, task.eval_metric_names)
   mesh = partitioning.make_mesh(config.mesh, devices)
-  _check_steps_and_batch(config, dict(mesh.shape), jax.process_count())
+  _check_steps_and_batch(config, dict(mesh.shape), len({d.process_index for d in devices}))
   diagnostics.check(config.diagnostics)
   schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate, config.num_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  abstract_boxed = jax.eval_shape(task.init, init_rng)  # also loads (or generates) the data
+  if with_data:
+    task.prepare_data()  # the data exists (generated where the config says so) and agrees with the config
+  abstract_boxed = jax.eval_shape(task.init, init_rng)  # from the config alone: reads no data
   multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
-  tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers)
+  tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers,
+                        stack_multiple=mesh.size)
 
   def init_state(rng) -> TrainState:
     params, model_state = nn.unbox(task.init(init_rng))

@@ -80,16 +80,19 @@ def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, 
 
   A leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
   moments, momentum, graft accumulators) follows the parameter. A stack of blocks
-  (rank >= 3: Shampoo's statistics and roots) is spread over the mesh axes whose
-  combined size divides its length, as many devices as possible, so each device
-  updates and roots its share. Everything else (counters) is replicated.
+  (rank >= 3: Shampoo's statistics and roots) is spread over all mesh axes together
+  when the mesh size divides its length, which Shampoo's padding to a multiple of the
+  device count guarantees, so each device updates and roots its share; another stack
+  over the mesh axes whose combined size divides its length, as many devices as
+  possible. Everything else (counters, per-block root errors and flags) is replicated.
   """
   params = [(jax.tree_util.keystr(path), leaf.shape, sharding) for (path, leaf), sharding in zip(
       jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings))]
   params.sort(key=lambda p: -len(p[0]))  # longest (most specific) path first
   axis_sets = [axes for r in range(len(mesh.axis_names), 0, -1)
                for axes in itertools.combinations(mesh.axis_names, r)]
-  axis_sets.sort(key=lambda axes: -math.prod(mesh.shape[a] for a in axes))  # most devices first
+  # Most devices first; among equals all axes together, whose set comes first and the sort keeps.
+  axis_sets.sort(key=lambda axes: -math.prod(mesh.shape[a] for a in axes))
 
   def choose(path, leaf):
     key = jax.tree_util.keystr(path)

@@ -7,10 +7,12 @@ the transformation tying them together).
 """
 
 from optimizers.shampoo.blocking import preconditioner_kind as preconditioner_kind
+from optimizers.shampoo.blocking import stack_sizes as stack_sizes
 from optimizers.shampoo.roots import inverse_pth_root as inverse_pth_root
 from optimizers.shampoo.roots import ROOT_METHODS as ROOT_METHODS
 from optimizers.shampoo.transform import FIELDS as FIELDS
 from optimizers.shampoo.transform import health as health
+from optimizers.shampoo.transform import is_stack as is_stack
 from optimizers.shampoo.transform import metrics as metrics
 from optimizers.shampoo.transform import scale_by_shampoo as scale_by_shampoo
 from optimizers.shampoo.transform import shampoo as shampoo

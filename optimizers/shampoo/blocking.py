@@ -3,12 +3,15 @@
 Everything here depends on shapes and hyperparameters only, so it runs at trace time.
 Statistics of all parameters are stacked per (block size, exponent) bucket into
 [n, b, b] arrays, so that a statistics update and a root refresh are one batched op per
-bucket, and the trainer can shard the stacks.
+bucket, and the trainer can shard the stacks. Each stack is padded with identity blocks to a
+multiple of the devices it is sharded over: a length the device count does not divide (2385
+blocks on 256 devices) would leave the whole stack on every device.
 """
 
 import dataclasses
 import itertools
 import math
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +58,20 @@ def bucket_exponent(key: str) -> int:
   return int(key.split('_p')[1])
 
 
-def plan(shapes, hp) -> tuple[list[Layout], dict[str, int], dict[str, np.ndarray]]:
-  """Layouts per parameter, bucket sizes, and padding masks per bucket."""
+class StackSize(NamedTuple):
+  """One bucket's stack: the statistics of `real` blocks, then identity blocks up to `padded` rows."""
+  real: int
+  padded: int
+
+  @property
+  def padding(self) -> np.ndarray:
+    """[padded] True for the identity blocks, which only make the stack's length a multiple."""
+    return np.arange(self.padded) >= self.real
+
+
+def plan(shapes, hp, multiple: int = 1) -> tuple[list[Layout], dict[str, StackSize], dict[str, np.ndarray]]:
+  """Layouts per parameter, stack sizes (padded to a multiple of `multiple`), and per bucket the
+  [padded, b] mask of the coordinates that only pad a ragged block (none in identity blocks)."""
   layouts, counts, masks = [], {}, {}
   limit = hp['skip_preconditioning_dim_size_gt']
   for shape in shapes:
@@ -81,7 +96,16 @@ def plan(shapes, hp) -> tuple[list[Layout], dict[str, int], dict[str, np.ndarray
       valid = np.where(along[:, None] == g - 1, (d - (g - 1) * b), b)
       masks.setdefault(key, []).append((np.arange(b)[None, :] >= valid).astype(np.float32))
     layouts.append(Layout(tuple(shape), merged, block, grid, tuple(slots)))
-  return layouts, counts, {k: np.concatenate(v) for k, v in masks.items()}
+  sizes = {key: StackSize(n, -(-n // multiple) * multiple) for key, n in counts.items()}
+  return layouts, sizes, {k: np.pad(np.concatenate(v), [(0, sizes[k].padded - sizes[k].real), (0, 0)])
+                          for k, v in masks.items()}
+
+
+def stack_sizes(shapes, hp, multiple: int = 1) -> dict[str, StackSize]:
+  """Per bucket, how many blocks are real and how long the stack is once padded to a multiple of
+  `multiple` (the devices it is sharded over): what `scale_by_shampoo(stack_multiple=multiple)`
+  allocates for parameters of `shapes`."""
+  return plan(shapes, hp, multiple)[1]
 
 
 def preconditioner_kind(shape: tuple[int, ...], hp: dict) -> str:

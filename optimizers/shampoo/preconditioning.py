@@ -28,15 +28,25 @@ def block_statistics(blocks, slots):
           for m, slot in zip(modes, slots) if slot]
 
 
-def update_statistics(stats, blocks, layouts: list[blocking.Layout], beta2: float, dtype):
-  """Every bucket's stack with this step's block statistics folded in (`blocks` None: graft only)."""
+def update_statistics(stats, blocks, layouts: list[blocking.Layout], sizes: dict[str, blocking.StackSize],
+                      beta2: float, dtype):
+  """Every bucket's stack with this step's block statistics folded in (`blocks` None: graft only).
+
+  The identity blocks that pad a stack stay identities: an average with zeros would decay them
+  to a zero matrix, which has no root.
+  """
   parts = {key: [] for key in stats}
   for b, layout in zip(blocks, layouts):
     slots = [slot for slot in layout.slots if slot]
     for (key, _), statistic in zip(slots, block_statistics(b, layout.slots) if b is not None else []):
       parts[key].append(statistic)
-  return {k: ema(stats[k].astype(jnp.float32), jnp.concatenate(parts[k]), beta2).astype(dtype)
-          for k in stats}
+  out = {}
+  for key, old in stats.items():
+    identities = sizes[key].padded - sizes[key].real
+    new = jnp.pad(jnp.concatenate(parts[key]), [(0, identities), (0, 0), (0, 0)])
+    updated = ema(old.astype(jnp.float32), new, beta2).astype(dtype)
+    out[key] = jnp.where(sizes[key].padding[:, None, None], old, updated) if identities else updated
+  return out
 
 
 def refresh_roots(stats, roots, masks, hp: dict, dtype):

@@ -19,7 +19,9 @@ Per parameter, a static layout (`blocking`) decides how it is preconditioned:
 
 Statistics of all parameters are stacked per (block size, exponent) bucket into [n, b, b]
 arrays, so a statistics update and a root refresh are one batched op per bucket, and the
-trainer can shard the stacks.
+trainer can shard the stacks. `stack_multiple` (the trainer's device count) pads each stack
+with identity blocks to a multiple of it, so every stack shards over all devices; the padding
+gets no statistics, preconditions nothing and is left out of `health` and `metrics`.
 
 Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), damped by
 `matrix_epsilon` (times the largest eigenvalue, by power iteration, when
@@ -32,6 +34,7 @@ direction for that block (each row, along a skipped dimension); before
 `start_preconditioning_step` the graft direction is used alone.
 """
 
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -86,44 +89,63 @@ class ShampooState(NamedTuple):
   refresh_failures: jax.Array  # matrices whose root failed at the latest refresh
   root_refreshes: jax.Array   # times the roots were recomputed
   rooted: dict[str, jax.Array]  # bucket -> [n] whether the matrix ever got a root (else: identity)
+  padding: dict[str, jax.Array]  # bucket -> [n] True for the identity blocks that pad the stack
   graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
   momentum: Any               # per-parameter momentum, or None
 
 
-def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
-  """Shampoo's (grafted, momentum) direction; chain with a learning rate to step."""
+# The fields of ShampooState with a row per block of a bucket: padded to `stack_multiple` rows.
+STACK_FIELDS = ('stats', 'roots', 'root_errors', 'rooted', 'padding')
+
+
+def is_stack(path: str) -> bool:
+  """Whether `path` (a state leaf's jax.tree_util.keystr) is one of Shampoo's stacks, whose length
+  depends on the device count it was padded for: a checkpoint explains a mismatch with it."""
+  return re.search(rf"\.(?:{'|'.join(STACK_FIELDS)})\['\d+_p\d+'\]$", path) is not None
+
+
+def scale_by_shampoo(*, stack_multiple: int = 1, **hyperparameters) -> optax.GradientTransformation:
+  """Shampoo's (grafted, momentum) direction; chain with a learning rate to step.
+
+  Each stack of statistics is padded with identity blocks to a multiple of `stack_multiple`,
+  the number of devices the trainer shards it over; the direction does not depend on it.
+  """
   hp = dict(hyperparameters)
   _validate(hp)
+  if not isinstance(stack_multiple, int) or stack_multiple < 1:
+    raise ConfigError(f'shampoo stack_multiple={stack_multiple!r} must be a positive integer')
   dtype = DTYPES[hp['statistics_dtype']]
   beta1, beta2 = hp['beta1'], hp['beta2']
   start = hp['start_preconditioning_step']
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
-    _, counts, _ = blocking.plan([p.shape for p in leaves], hp)
-    zeros = {k: jnp.zeros((n, blocking.bucket_size(k), blocking.bucket_size(k)), dtype)
-             for k, n in counts.items()}
-    eye = {k: jnp.broadcast_to(jnp.eye(blocking.bucket_size(k), dtype=dtype), v.shape) for k, v in zeros.items()}
+    sizes = blocking.stack_sizes([p.shape for p in leaves], hp, stack_multiple)
+    eye = {k: jnp.broadcast_to(jnp.eye(blocking.bucket_size(k), dtype=dtype),
+                               (size.padded, blocking.bucket_size(k), blocking.bucket_size(k)))
+           for k, size in sizes.items()}
+    stats = {k: jnp.where(size.padding[:, None, None], eye[k], 0).astype(dtype) for k, size in sizes.items()}
     per_param = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return ShampooState(
-        count=jnp.zeros((), jnp.int32), stats=zeros, roots=eye,
-        root_errors={k: jnp.zeros(v.shape[0], jnp.float32) for k, v in zeros.items()},
+        count=jnp.zeros((), jnp.int32), stats=stats, roots=eye,
+        root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
         failed_roots=jnp.zeros((), jnp.int32), refresh_failures=jnp.zeros((), jnp.int32),
         root_refreshes=jnp.zeros((), jnp.int32),
-        rooted={k: jnp.zeros(v.shape[0], bool) for k, v in zeros.items()},
+        rooted={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
+        padding={k: jnp.asarray(size.padding) for k, size in sizes.items()},
         graft=per_param() if grafting.keeps_accumulators(hp['graft_type']) else None,
         momentum=per_param() if beta1 > 0 else None)
 
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    layouts, _, masks = blocking.plan([g.shape for g in leaves], hp)
+    layouts, sizes, masks = blocking.plan([g.shape for g in leaves], hp, stack_multiple)
     grads = [g.astype(jnp.float32) for g in leaves]
     count = state.count
     blocks = [blocking.to_blocks(g, l) if l.preconditioned else None for g, l in zip(grads, layouts)]
 
     stats = jax.lax.cond(count % hp['statistics_compute_steps'] == 0,
-                         lambda s: preconditioning.update_statistics(s, blocks, layouts, beta2, dtype),
+                         lambda s: preconditioning.update_statistics(s, blocks, layouts, sizes, beta2, dtype),
                          lambda s: s, state.stats)
 
     # Roots are only used from `start` on: none before, one at `start`, then every k updates.
@@ -132,7 +154,8 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
         refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], masks, hp, dtype),
         lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3])),
         (stats, state.roots, state.root_errors, state.rooted))
-    failed = jnp.where(refresh, sum(jnp.sum(~ok) for ok in succeeded.values()), 0).astype(jnp.int32)
+    failed = jnp.where(refresh, sum(jnp.sum(~ok & ~sizes[k].padding) for k, ok in succeeded.items()),
+                       0).astype(jnp.int32)
 
     graft, accumulators = grafting.directions(
         grads, jax.tree.leaves(state.graft) if state.graft is not None else None, count,
@@ -160,7 +183,7 @@ def scale_by_shampoo(**hyperparameters) -> optax.GradientTransformation:
         failed_roots=state.failed_roots + failed,
         refresh_failures=jnp.where(refresh, failed, state.refresh_failures),
         root_refreshes=state.root_refreshes + refresh.astype(jnp.int32),
-        rooted=jax.tree.map(jnp.logical_or, state.rooted, succeeded),
+        rooted=jax.tree.map(jnp.logical_or, state.rooted, succeeded), padding=state.padding,
         graft=jax.tree.unflatten(treedef, accumulators) if accumulators is not None else None,
         momentum=momentum)
     out = [d.astype(g.dtype) for d, g in zip(directions, leaves)]
@@ -176,35 +199,46 @@ def _find_state(opt_state) -> ShampooState | None:
 
 
 def _share(counts, total):
-  return counts / max(total, 1)
+  return counts / jnp.maximum(total, 1)
+
+
+def _real(state: ShampooState) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Per bucket, [n] True for the matrices of real blocks (not the identities padding the stack),
+  and how many there are in all."""
+  real = {k: ~padding for k, padding in state.padding.items()}
+  return real, sum((jnp.sum(r) for r in real.values()), jnp.zeros((), jnp.int32))
 
 
 def health(opt_state) -> dict[str, jax.Array]:
   """What every run logs: failed roots (cumulative and at the latest refresh, as a share of the
   matrices) and the share of matrices that never got a root, whose blocks move along the graft
-  direction alone. Rejected roots are silent otherwise: Shampoo quietly becomes its graft."""
+  direction alone. Rejected roots are silent otherwise: Shampoo quietly becomes its graft.
+  The identity blocks that pad the stacks count nowhere."""
   state = _find_state(opt_state)
   if state is None:
     return {}
-  total = sum(v.shape[0] for v in state.rooted.values())
-  unrooted = sum(jnp.sum(~v) for v in state.rooted.values()) if state.rooted else jnp.zeros((), jnp.int32)
+  real, total = _real(state)
+  unrooted = sum((jnp.sum(~state.rooted[k] & r) for k, r in real.items()), jnp.zeros((), jnp.int32))
   return {'shampoo_failed_roots_total': state.failed_roots,
           'shampoo_refresh_failed_share': _share(state.refresh_failures, total),
           'shampoo_graft_share': _share(unrooted, total)}
 
 
 def metrics(opt_state) -> dict[str, jax.Array]:
-  """Root errors and refresh count, beside `health`; logged when asked (log_optimizer_metrics)."""
+  """Root errors of the real blocks and refresh count, beside `health`; logged when asked
+  (log_optimizer_metrics)."""
   state = _find_state(opt_state)
   if state is None:
     return {}
-  errors = jnp.concatenate([e for e in state.root_errors.values()]) if state.root_errors else jnp.zeros(1)
-  finite = jnp.where(jnp.isfinite(errors), errors, 0.0)
-  return {'shampoo_max_root_error': jnp.max(finite), 'shampoo_mean_root_error': jnp.mean(finite),
+  real, total = _real(state)
+  errors = [jnp.where(jnp.isfinite(e) & real[k], e, 0.0) for k, e in state.root_errors.items()]
+  errors = jnp.concatenate(errors) if errors else jnp.zeros(1)
+  return {'shampoo_max_root_error': jnp.max(errors), 'shampoo_mean_root_error': _share(jnp.sum(errors), total),
           'shampoo_root_refreshes_total': state.root_refreshes}
 
 
-def shampoo(learning_rate: optax.ScalarOrSchedule, **hyperparameters) -> optax.GradientTransformation:
+def shampoo(learning_rate: optax.ScalarOrSchedule, *, stack_multiple: int = 1,
+            **hyperparameters) -> optax.GradientTransformation:
   """Shampoo with a learning rate (or schedule): updates are -lr x direction."""
-  return optax.chain(scale_by_shampoo(**hyperparameters),
+  return optax.chain(scale_by_shampoo(stack_multiple=stack_multiple, **hyperparameters),
                      optax.scale_by_learning_rate(learning_rate))
