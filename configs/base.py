@@ -65,8 +65,9 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   # Device mesh: axis name -> size, in order; -1 takes all remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   # What `main.py --dry_run` compiles for (trainer/hardware.py lists the choices, docs/scale.md
-  # the plans): `cpu` is this machine; a paper config names the slice its setting was run on.
-  config.hardware = 'cpu'
+  # the plans): `cpu` is this machine. Paper: TPU v3-256, the slice of the reference's ResNet-50
+  # run (google-research scalable_shampoo README); for the other tasks a choice of this project.
+  config.hardware = 'cpu' if size == 'tiny' else 'tpu_v3_256'
 
   config.global_batch_size = 256
   config.grad_accum_steps = 1   # micro-batches per step; each is global_batch_size / this
