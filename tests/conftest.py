@@ -16,10 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import trainer  # noqa: E402
+from tasks.layers import REMAT_POLICIES  # noqa: E402
 
 trainer.host_memory.keep_freed_memory()  # as main.py: in-process runs get its allocator policy
 
@@ -58,3 +60,29 @@ def assert_sharded_run_matches_one_device(name: str, workdir, data: int, model: 
   for split in ('final_eval', 'final_train'):
     np.testing.assert_allclose(eight[split]['loss'], one[split]['loss'], rtol=2e-4, err_msg=split)
   return one, eight
+
+
+def remat_policies(jaxpr) -> list:
+  """The policy of every jax.checkpoint region in `jaxpr`, nested jaxprs included."""
+  checkpoint = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
+  policies = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive is checkpoint:
+      policies.append(eqn.params['policy'])
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      policies += remat_policies(inner)
+  return policies
+
+
+def assert_remat_changes_nothing(loss_gradients_and_policies, remat: str, blocks: int) -> None:
+  """`remat` keeps the parameters, loss and gradients of 'none', and puts one checkpoint region with
+  its policy around each of the `blocks` blocks. `loss_gradients_and_policies(remat)` returns
+  (params, (loss, gradients), policies of the gradient's checkpoint regions)."""
+  params, (value, grads), policies = loss_gradients_and_policies('none')
+  remat_params, (remat_value, remat_grads), remat_policy = loss_gradients_and_policies(remat)
+  assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, remat_params, params)
+  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads)
+  assert not policies
+  assert remat_policy == [REMAT_POLICIES[remat]] * blocks

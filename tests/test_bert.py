@@ -11,7 +11,7 @@ import pytest
 
 import trainer
 from errors import ConfigError
-from conftest import assert_sharded_run_matches_one_device, load_config
+from conftest import assert_remat_changes_nothing, assert_sharded_run_matches_one_device, load_config, remat_policies
 from tasks import layers, losses
 from tasks.bert import Bert, ModelConfig, Pretraining, model_config
 from trainer import partitioning
@@ -154,18 +154,6 @@ def test_bad_settings_are_refused_before_training(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def remat_policies(jaxpr) -> list:
-  """The policy of every jax.checkpoint region in `jaxpr`, nested jaxprs included."""
-  checkpoint = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
-  policies = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive is checkpoint:
-      policies.append(eqn.params['policy'])
-    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
-      policies += remat_policies(inner)
-  return policies
-
-
 def loss_gradients_and_remat_policies(remat):
   """(parameters, (loss, gradients), policies of the gradient's checkpoint regions) of MODEL with dropout."""
   batch = random_batch(5)
@@ -184,14 +172,7 @@ def test_remat_keeps_the_loss_gradients_and_parameter_paths(remat):
   """Rematerialized blocks recompute their forward pass, dropout included, in the backward pass: loss,
   gradients and parameter paths (which checkpoints and Shampoo's statistics are keyed by) stay as they
   are, and the gradient holds one checkpoint region per block, with the setting's policy."""
-  params, (value, grads), policies = loss_gradients_and_remat_policies('none')
-  remat_params, (remat_value, remat_grads), remat_policy = loss_gradients_and_remat_policies(remat)
-  assert jax.tree.structure(remat_params) == jax.tree.structure(params)
-  jax.tree.map(np.testing.assert_array_equal, remat_params, params)
-  np.testing.assert_allclose(remat_value, value, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads)
-  assert not policies
-  assert remat_policy == [layers.REMAT_POLICIES[remat]] * MODEL.layers
+  assert_remat_changes_nothing(loss_gradients_and_remat_policies, remat, MODEL.layers)
 
 
 def test_remat_is_checked_and_on_for_the_paper_model():
