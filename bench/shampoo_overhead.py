@@ -46,8 +46,8 @@ four markdown tables:
    column is the one the function returns (max |M - I| for Newton, 0 / inf for
    eigh); the rel. error column is max over the stack of ||X - X64|| / ||X64||
    (Frobenius) against a float64 NumPy eigh of the same damped matrix. Then a
-   full root refresh of the MLP: every bucket of the optimizer state's `stats`
-   (exponent from the key's '_p' suffix). The statistics are zero right after
+   full root refresh of the MLP: every stack of the optimizer state's `stats`
+   (exponent from its key, `blocking.bucket_exponent`). The statistics are zero right after
    init (a zero matrix has no root and Newton exits at once), so the refresh is
    timed on the statistics of the first Shampoo run of section 1, after its
    warm-up and timed steps.
@@ -325,7 +325,7 @@ def main():
               f'{max_relative_error(roots, reference):.3g} |', flush=True)
     first = next(name for name, k, _ in runs if k is not None)
     stats = find_shampoo_state(trainers[first].opt_state).stats
-    stacks = {key: (np.asarray(v), int(key.split('_p')[1])) for key, v in stats.items()}
+    stacks = {key: (np.asarray(v), shampoo.blocking.bucket_exponent(key)) for key, v in stats.items()}
     label = ' + '.join(f'{v.shape[0]} x {v.shape[1]}x{v.shape[2]}' for v, _ in stacks.values())
     references = {key: reference_roots(a, p, 1e-6) for key, (a, p) in stacks.items()}
     for method in shampoo.ROOT_METHODS:

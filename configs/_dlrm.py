@@ -30,6 +30,10 @@ def get_config(size: str) -> ml_collections.ConfigDict:
       name='dlrm',
       table_sizes=TINY_TABLE_SIZES if tiny else PAPER_TABLE_SIZES,
       embedding_dim=16 if tiny else 128,
+      # Table rows are padded to a multiple of this (the padding is never looked up) so that the
+      # mesh they shard on divides them: 4096 covers every power-of-two slice up to 4096 devices
+      # (trainer/hardware.py) at a cost of < 4096 rows a table; 128 covers up to 128 devices.
+      row_multiple=128 if tiny else 4096,
       bottom_mlp=(64, 32) if tiny else (512, 256),
       top_mlp=(64, 32) if tiny else (1024, 1024, 512, 256),
       dataset='synthetic_criteo' if tiny else 'criteo_1tb',  # under data_dir (or absolute)

@@ -44,8 +44,8 @@ class Optimizer(NamedTuple):
   needs_loss: bool = False
   # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio).
   owns_weight_decay: bool = False
-  # Whether `direction` takes (cfg, stack_multiple): Shampoo pads its stacks of statistics to a
-  # multiple of the devices they are sharded over.
+  # Whether `direction` takes (cfg, stack_sharding): Shampoo shards its stacks of blocks and
+  # statistics over the devices, padded to a multiple of their count.
   pads_stacks: bool = False
 
 
@@ -56,8 +56,9 @@ REGISTRY: dict[str, Optimizer] = {
     'lamb': Optimizer(first_order.LAMB_FIELDS, first_order.lamb, owns_weight_decay=True),
     'lars': Optimizer(first_order.LARS_FIELDS, first_order.lars, owns_weight_decay=True),
     'shampoo': Optimizer(shampoo.FIELDS,
-                         lambda cfg, stack_multiple: shampoo.scale_by_shampoo(
-                             stack_multiple=stack_multiple, **{k: cfg[k] for k in shampoo.FIELDS}),
+                         lambda cfg, sharding: shampoo.scale_by_shampoo(
+                             stack_multiple=sharding.num_devices if sharding else 1, stack_sharding=sharding,
+                             **{k: cfg[k] for k in shampoo.FIELDS}),
                          shampoo.metrics, shampoo.health, pads_stacks=True),
     'kfac': Optimizer(kfac.FIELDS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
 }
@@ -107,13 +108,14 @@ def state_metrics(name: str, detailed: bool):
 def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
           loss: kfac.LossContext | None = None,
           multipliers: parameterization.Multipliers | None = None,
-          stack_multiple: int = 1) -> optax.GradientTransformationExtraArgs:
+          stack_sharding: jax.sharding.Sharding | None = None) -> optax.GradientTransformationExtraArgs:
   """The full update rule for `cfg` (config.optimizer); fails early on bad values.
 
   `multipliers` (muP's, from optimizers.parameterization) scale each parameter's step
-  after the learning rate, and K-FAC's damping per block. `stack_multiple` (the trainer's device
-  count) is the multiple Shampoo pads its stacks of statistics to, so they shard over every
-  device; the other optimizers ignore it.
+  after the learning rate, and K-FAC's damping per block. `stack_sharding` (the trainer's: every
+  mesh axis on a stack's first dimension) is how Shampoo splits its stacks of blocks and
+  statistics over the devices, each padded to a multiple of their count; the other optimizers
+  ignore it.
   """
   validate(cfg)
   optimizer = _lookup(cfg.name)
@@ -122,7 +124,7 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
       raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')
     direction = optimizer.direction(cfg, loss, schedule, None if multipliers is None else multipliers.damping)
   elif optimizer.pads_stacks:
-    direction = optimizer.direction(cfg, stack_multiple)
+    direction = optimizer.direction(cfg, stack_sharding)
   else:
     direction = optimizer.direction(cfg)
   decay = optax.add_decayed_weights(cfg.weight_decay, mask=first_order.decay_mask(cfg.decay_rank1))

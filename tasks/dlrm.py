@@ -27,10 +27,9 @@ import optax
 from absl import logging
 
 from data import criteo, synthetic_criteo
+from errors import ConfigError
 from tasks import losses
 from tasks.base import Task, abstract_global_batch, width_ratio
-
-ROW_ALIGNMENT = 128  # table rows are padded to a multiple of this, so a mesh of 2**k <= 128 devices divides them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +39,7 @@ class ModelConfig:
   bottom_mlp: tuple[int, ...]  # hidden widths; a last layer of embedding_dim is added
   top_mlp: tuple[int, ...]     # hidden widths; a last layer of 1 (the logit) is added
   width_ratio: float = 1.0     # width / base_width under muP, else 1
+  row_multiple: int = 128      # rows padded to a multiple of this, so the mesh the tables shard on divides them
 
 
 def _dense(features: int, name: str, init_scale: float = 1.0) -> nn.Dense:
@@ -63,7 +63,7 @@ class Dlrm(nn.Module):
       x = nn.relu(_dense(width, f'bottom_{i}', input_scale if i == 0 else 1.0)(x))
     vectors = [x]
     for i, size in enumerate(c.table_sizes):
-      rows = -(-size // ROW_ALIGNMENT) * ROW_ALIGNMENT
+      rows = -(-size // c.row_multiple) * c.row_multiple  # padding rows are never looked up
       scale = 1.0 / np.sqrt(size)  # the reference's uniform(-1/sqrt(n), 1/sqrt(n))
       table = self.param(f'table_{i}', nn.with_logical_partitioning(
           lambda key, shape, scale=scale: nn.initializers.uniform(2 * scale)(key, shape) - scale,
@@ -89,8 +89,10 @@ class ClickThrough(Task):
     task = config.task
     sizes = tuple(task.table_sizes)
     criteo.check_table_sizes(sizes)
+    if task.row_multiple < 1:
+      raise ConfigError(f'task.row_multiple={task.row_multiple} must be >= 1')
     self.model = Dlrm(ModelConfig(sizes, task.embedding_dim, tuple(task.bottom_mlp), tuple(task.top_mlp),
-                                  width_ratio(config, self.width)))
+                                  width_ratio(config, self.width), task.row_multiple))
     # Width is the MLPs' (they grow together); the embedding dimension is fixed. So the tables are
     # `fixed`, each MLP's first layer (fan-in: 13 dense features / the interactions) an input weight,
     # and its last (to embedding_dim / to the logit) a read-out.

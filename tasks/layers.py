@@ -154,7 +154,8 @@ class Embed(nn.Module):
     return self.features / self.width_ratio
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * np.sqrt(self._base_features)
+    # A Python float is weakly typed: a NumPy scalar would promote a bfloat16 lookup to float32.
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype) * self._base_features ** 0.5
 
   def attend(self, x: jax.Array) -> jax.Array:
     logits = jnp.einsum('...d,vd->...v', x, self.embedding.astype(self.dtype))

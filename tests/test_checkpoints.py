@@ -133,7 +133,7 @@ def test_sharded_round_trip_on_8_devices_keeps_the_shardings(tmp_path):
 def test_shampoo_stacks_padded_for_another_length_are_refused_in_one_line(tmp_path):
   """6 statistics padded to 8 for 8 devices restore on 4 (also 8), not on 2 (6)."""
   hyperparameters = {**optimizer_defaults.BY_NAME['shampoo'], 'block_size': 4, 'merge_small_dims_block_size': 1}
-  params = {'w': jnp.zeros((12, 4))}
+  params = {'w': jnp.zeros((24, 4))}  # 6 blocks of 4 x 4
 
   def abstract_state(devices):
     tx = shampoo.shampoo(0.1, stack_multiple=devices, **hyperparameters)
@@ -141,11 +141,11 @@ def test_shampoo_stacks_padded_for_another_length_are_refused_in_one_line(tmp_pa
                                         opt_state=tx.init(params)))
 
   save(tmp_path, jax.tree.map(jnp.zeros_like, abstract_state(8)))
-  assert restore(tmp_path, abstract_state(4))[0].opt_state[0].stats['00004_p4'].shape == (8, 4, 4)
+  assert restore(tmp_path, abstract_state(4))[0].opt_state[0].stats['4x4_p4_m0'].shape == (8, 4, 4)
   with pytest.raises(ConfigError) as error:
     restore(tmp_path, abstract_state(2))
   assert str(error.value) == (
-      "checkpoint step 200 does not match this run's state: .opt_state[0].stats['00004_p4'] has shape "
+      "checkpoint step 200 does not match this run's state: .opt_state[0].stats['4x4_p4_m0'] has shape "
       "(8, 4, 4) in the checkpoint, (6, 4, 4) here; Shampoo pads its stacks to a multiple of the device "
       "count: resume on the device count (and blocking settings) that wrote the checkpoint")
 

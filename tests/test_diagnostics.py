@@ -84,3 +84,19 @@ def test_off_by_default_builds_and_compiles_nothing(tmp_path, monkeypatch):
   with open(tmp_path / 'metrics.jsonl') as f:
     assert '"diagnostics"' not in f.read()
   assert summary['diagnostics_seconds'] == 0
+
+
+def test_shampoo_conditioning_leaves_out_the_identities_padding_the_stacks():
+  """Statistics diag(1, 10) and diag(1, 1000) padded with 6 identities (condition 1): the median
+  and max are those of the two real matrices, not of the padding."""
+  from configs import optimizer_defaults
+  from optimizers import shampoo
+  hp = {**optimizer_defaults.BY_NAME['shampoo'], 'block_size': 2, 'merge_small_dims_block_size': 1}
+  params = {'w': jnp.zeros((2, 1, 2))}  # merged to one 2 x 2 block: statistics of modes 0 and 1
+  state = shampoo.scale_by_shampoo(stack_multiple=8, **hp).init(params)
+  real = {'2x2_p4_m0': jnp.diag(jnp.array([1.0, 10.0])), '2x2_p4_m1': jnp.diag(jnp.array([1.0, 1000.0]))}
+  state = state._replace(stats={k: s.at[0].set(real[k]) for k, s in state.stats.items()})
+  metrics = jax.tree.map(float, diagnostics.shampoo_conditioning(state, matrix_epsilon=0.0))
+  assert metrics['shampoo_log10_cond_max'] == np.float32(3.0)
+  assert metrics['shampoo_log10_cond_median'] == np.float32(2.0)  # of 1 and 3; with the padding it would be 0
+  assert metrics['shampoo_log10_cond/2x2_p4_m0'] == np.float32(1.0)

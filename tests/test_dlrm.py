@@ -1,5 +1,6 @@
 """DLRM: the forward pass against NumPy, tables row-sharded over the whole mesh, tiny training, config checks."""
 
+import dataclasses
 import json
 import os
 
@@ -12,7 +13,7 @@ import trainer
 from errors import ConfigError
 from conftest import assert_sharded_run_matches_one_device, load_config
 from data import criteo
-from tasks.dlrm import ROW_ALIGNMENT, ClickThrough, Dlrm, ModelConfig
+from tasks.dlrm import ClickThrough, Dlrm, ModelConfig
 
 # A small generated set through the real generator and TSV reader; tables of 2 x vocabulary.
 SMALL = dict(task__generated_train=24_000, task__generated_eval=3000, task__dataset='synthetic_criteo_small',
@@ -44,7 +45,10 @@ def test_forward_pass_matches_numpy():
   sparse = np.stack([rng.integers(0, n, 9) for n in config.table_sizes], axis=1).astype(np.int32)
   # Only 3 tables: the model takes as many as table_sizes names (the task checks for 26).
   params = nn.unbox(Dlrm(config).init(jax.random.PRNGKey(0), dense, sparse)['params'])
-  assert [params[f'table_{i}'].shape[0] for i in range(3)] == [ROW_ALIGNMENT, 3 * ROW_ALIGNMENT, ROW_ALIGNMENT]
+  assert [params[f'table_{i}'].shape[0] for i in range(3)] == [128, 3 * 128, 128]
+  wide = dataclasses.replace(config, row_multiple=4096)  # the paper's: any power-of-two mesh up to 4096 devices
+  shapes = jax.eval_shape(Dlrm(wide).init, jax.random.PRNGKey(0), dense, sparse)['params']
+  assert [nn.unbox(shapes)[f'table_{i}'].shape[0] for i in range(3)] == [4096] * 3
   assert np.abs(params['table_1']).max() <= 1 / np.sqrt(300)  # uniform(+-1/sqrt(rows)), as the reference
   logits = Dlrm(config).apply({'params': params}, dense, sparse)
   np.testing.assert_allclose(logits, numpy_dlrm(params, dense, sparse, config), rtol=1e-4, atol=1e-5)
@@ -87,6 +91,8 @@ def test_tables_are_sharded_row_wise_over_the_whole_mesh():
 def test_bad_settings_are_refused_before_training(tmp_path):
   with pytest.raises(ConfigError, match='26'):
     ClickThrough(load_config('dlrm_adam', task__table_sizes=(10,) * 25))
+  with pytest.raises(ConfigError, match='task.row_multiple=0'):
+    ClickThrough(load_config('dlrm_adam', task__row_multiple=0))
   with pytest.raises(ConfigError, match='criteo_1tb'):
     trainer.run(load_config('dlrm_adam', 'paper', data_dir=str(tmp_path)), str(tmp_path / 'run'), 'dlrm_adam')
   assert not (tmp_path / 'run').exists()

@@ -290,8 +290,8 @@ def test_precondition_embeddings_uses_the_small_dims_statistics_only():
   grads = random_grads({'e': (9, 4), 't': (6, 7, 3)}, steps=3)
   hp = {**PLAIN, 'skip_preconditioning_dim_size_gt': 6, 'precondition_embeddings': True}
   ours, state = run(grads, **hp)
-  assert {k: v.shape for k, v in state.stats.items()} == {'00004_p2': (1, 4, 4), '00006_p4': (1, 6, 6),
-                                                          '00003_p4': (1, 3, 3)}
+  assert {k: v.shape for k, v in state.stats.items()} == {'9ux4_p2_m1': (1, 4, 4), '6x7ux3_p4_m0': (1, 6, 6),
+                                                          '6x7ux3_p4_m2': (1, 3, 3)}
   for t in range(3):
     r = sum(gram(g['e'], 1) for g in grads[:t + 1]) + 1e-3 * np.eye(4)
     assert_close(ours[t]['e'], grads[t]['e'] @ power(r, -1 / 2), rtol=1e-3)
@@ -300,7 +300,7 @@ def test_precondition_embeddings_uses_the_small_dims_statistics_only():
                          power(s2 + 1e-3 * np.eye(3), -1 / 4))
     assert_close(ours[t]['t'], expected, rtol=1e-3)
   blocked, state = run(grads, **{**hp, 'block_size': 2})
-  assert state.stats['00002_p2'].shape == (2, 2, 2)
+  assert state.stats['9ux2_p2_m1'].shape == (2, 2, 2)
   for t in range(3):
     expected = np.concatenate([
         grads[t]['e'][:, cols] @ power(sum(gram(g['e'][:, cols], 1) for g in grads[:t + 1])
@@ -398,9 +398,9 @@ def test_stack_multiple_pads_every_stack_with_identities_and_leaves_the_updates_
   grads = random_grads(PADDED_SHAPES, steps=5)
   plain, plain_state = run(grads, **PADDED)
   padded, state = run(grads, stack_multiple=8, **PADDED)
-  assert {k: v.shape[0] for k, v in plain_state.stats.items()} == {'00004_p4': 12, '00003_p6': 2,
-                                                                   '00004_p6': 4}
-  assert {k: v.shape[0] for k, v in state.stats.items()} == {'00004_p4': 16, '00003_p6': 8, '00004_p6': 8}
+  keys = ('4x4_p4_m0', '4x4_p4_m1', '3x4x4_p6_m0', '3x4x4_p6_m1', '3x4x4_p6_m2')
+  assert {k: v.shape[0] for k, v in plain_state.stats.items()} == dict(zip(keys, (6, 6, 2, 2, 2)))
+  assert {k: v.shape[0] for k, v in state.stats.items()} == dict.fromkeys(keys, 8)
   assert int(state.root_refreshes) == 3
   for key, stats in state.stats.items():
     real = plain_state.stats[key].shape[0]
@@ -417,7 +417,7 @@ def test_stacks_padded_to_the_mesh_shard_over_all_8_devices_and_update_as_on_one
   grads = random_grads(PADDED_SHAPES, steps=3)
   params = jax.tree.map(jnp.zeros_like, grads[0])
   replicated = jax.tree.map(lambda _: partitioning.replicated(mesh), params)
-  tx = scale_by_shampoo(stack_multiple=8, **PADDED)
+  tx = scale_by_shampoo(stack_multiple=8, stack_sharding=partitioning.stack_sharding(mesh), **PADDED)
   shardings = partitioning.optimizer_state_shardings(jax.eval_shape(tx.init, params), params, replicated, mesh)
   state = jax.jit(tx.init, out_shardings=shardings)(params)
   for stack in jax.tree.leaves((state.stats, state.roots)):

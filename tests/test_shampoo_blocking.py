@@ -28,8 +28,8 @@ def test_to_blocks_then_from_blocks_gives_back_the_parameter(shape, overrides):
   hp = {**DEFAULTS, **overrides}
   layout = blocking.plan([shape], hp)[0][0]
   assert layout.preconditioned
-  for d, b, slot in zip(layout.merged, layout.block, layout.slots):
-    assert b == (d if slot is None else min(d, hp['block_size']))
+  for d, b, keep in zip(layout.merged, layout.block, layout.kept):
+    assert b == (min(d, hp['block_size']) if keep else d)
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
   blocks = blocking.to_blocks(x, layout)
   assert blocks.shape == (layout.num_blocks,) + layout.block
@@ -44,18 +44,40 @@ def test_rank1_and_oversized_params_are_not_blocked(shape):
   assert not layout.preconditioned and shampoo.preconditioner_kind(shape, DEFAULTS) == 'graft'
 
 
-@pytest.mark.parametrize('multiple,padded', [(1, (12, 2, 4)), (8, (16, 8, 8)), (3, (12, 3, 6))])
-def test_stack_sizes_pad_each_bucket_to_the_multiple(multiple, padded):
-  """The real blocks per bucket, and its length padded to the multiple, as init allocates them; the
-  ragged-edge masks cover the padded length, with no padded coordinate in an identity block."""
-  shapes = [(10, 6), (3, 4, 5), (5,)]
+@pytest.mark.parametrize('multiple,padded', [(1, (6, 2)), (8, (8, 8)), (3, (6, 3))])
+def test_stack_sizes_pad_each_group_to_the_multiple(multiple, padded):
+  """A group per block shape and exponent, a statistics stack per mode of it as long as the group,
+  padded to the multiple, as init allocates them; the ragged-edge masks cover the padded length,
+  with no padded coordinate in an identity matrix."""
+  shapes = [(10, 6), (3, 4, 5), (5,)]  # 3 x 2 blocks of 4 x 4; 2 blocks of 3 x 4 x 4; graft only
   hp = {**DEFAULTS, 'block_size': 4, 'merge_small_dims_block_size': 1}
+  p = blocking.plan(shapes, hp, multiple)
+  assert p.groups == {'4x4_p4': (6, padded[0]), '3x4x4_p6': (2, padded[1])}
+  assert [(layout.group, layout.offset) for layout in p.layouts] == [('4x4_p4', 0), ('3x4x4_p6', 0), (None, 0)]
   sizes = shampoo.stack_sizes(shapes, hp, multiple)
-  assert sizes == dict(zip(('00004_p4', '00003_p6', '00004_p6'), zip((12, 2, 4), padded)))
+  assert sizes == {'4x4_p4_m0': p.groups['4x4_p4'], '4x4_p4_m1': p.groups['4x4_p4'],
+                   '3x4x4_p6_m0': p.groups['3x4x4_p6'], '3x4x4_p6_m1': p.groups['3x4x4_p6'],
+                   '3x4x4_p6_m2': p.groups['3x4x4_p6']}
   state = shampoo.scale_by_shampoo(stack_multiple=multiple, **hp).init([jnp.zeros(s) for s in shapes])
-  assert {k: v.shape[0] for k, v in state.stats.items()} == {k: size.padded for k, size in sizes.items()}
-  _, _, masks = blocking.plan(shapes, hp, multiple)
+  assert {k: v.shape for k, v in state.stats.items()} == {
+      k: (size.padded, blocking.bucket_size(k), blocking.bucket_size(k)) for k, size in sizes.items()}
+  assert [blocking.bucket_size(k) for k in sorted(sizes)] == [3, 4, 4, 4, 4]
   for key, size in sizes.items():
-    assert masks[key].shape == (size.padded, blocking.bucket_size(key))
-    assert not masks[key][size.padding].any()
+    assert p.masks[key].shape == (size.padded, blocking.bucket_size(key))
+    assert not p.masks[key][size.padding].any()
     np.testing.assert_array_equal(size.padding, np.arange(size.padded) >= size.real)
+
+
+def test_stack_then_unstack_gives_back_every_parameter():
+  """Blocks of all parameters of a group share one stack, zero rows pad it; unstacking each
+  parameter from it is exact."""
+  shapes = [(10, 6), (8, 8), (3, 4, 5), (5,)]
+  hp = {**DEFAULTS, 'block_size': 4, 'merge_small_dims_block_size': 1}
+  p = blocking.plan(shapes, hp, 8)
+  rng = np.random.default_rng(0)
+  arrays = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
+  stacks = blocking.stack(arrays, p)
+  assert {k: v.shape for k, v in stacks.items()} == {'4x4_p4': (16, 4, 4), '3x4x4_p6': (8, 3, 4, 4)}
+  assert not np.asarray(stacks['4x4_p4'][10:]).any()  # 6 + 4 real blocks, then padding
+  for x, layout in zip(arrays[:3], p.layouts):
+    np.testing.assert_array_equal(blocking.unstack(stacks, layout), x)

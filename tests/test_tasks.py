@@ -7,6 +7,7 @@ own: the batches' shapes and dtypes are the tiny config's, only the amount of da
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,3 +86,12 @@ def test_prepare_data_refuses_a_tokenizer_larger_than_the_vocabulary(small_data_
   os.link(wmt.tokenizer_path(task.data_dir, vocab_size), wmt.tokenizer_path(small.data_dir, 50))
   with pytest.raises(ConfigError, match=r'spm_50.model has \d+ pieces, more than task.vocab_size=50'):
     small.prepare_data()
+
+
+def test_a_bfloat16_embedding_lookup_stays_bfloat16():
+  """The lookup's scale must not promote the residual stream to float32 (twice its memory)."""
+  from tasks import layers
+  embed = layers.Embed(vocab_size=10, num_embeddings=128, features=8, dtype=jnp.bfloat16)
+  ids = jnp.arange(4)[None]
+  params = embed.init(jax.random.PRNGKey(0), ids)
+  assert embed.apply(params, ids).dtype == jnp.bfloat16

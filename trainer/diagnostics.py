@@ -95,9 +95,9 @@ def shampoo_conditioning(opt_state, matrix_epsilon: float) -> dict[str, jax.Arra
 
   A statistic's number is that of S + epsilon * lambda_max(S) I, the damped matrix its
   inverse root is computed from (zero-padded coordinates of ragged blocks sit at the
-  damping floor). Reported over all blocks (max, median) and per stack of blocks of one
-  size and exponent (`<size>_p<exponent>`: max condition, max root error), with the
-  optimizer's own counters of failed roots and refreshes.
+  damping floor). Reported over all real matrices, not the identities padding the stacks
+  (max, median), and per stack of statistics (`<block shape>_p<exponent>_m<mode>`: max
+  condition, max root error), with the optimizer's own counters of failed roots and refreshes.
   """
   states = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, shampoo.ShampooState))
             if isinstance(x, shampoo.ShampooState)]
@@ -108,12 +108,13 @@ def shampoo_conditioning(opt_state, matrix_epsilon: float) -> dict[str, jax.Arra
     eigenvalues = jnp.linalg.eigvalsh(stats.astype(jnp.float32))
     largest = jnp.maximum(eigenvalues[:, -1], 1e-30)
     floor = matrix_epsilon * largest
-    conds = jnp.log10((largest + floor) / (jnp.maximum(eigenvalues[:, 0], 0.0) + floor))
+    padding = state.padding[bucket]
+    conds = jnp.where(padding, jnp.nan, jnp.log10((largest + floor) / (jnp.maximum(eigenvalues[:, 0], 0.0) + floor)))
     everything.append(conds)
-    metrics[f'shampoo_log10_cond/{bucket}'] = jnp.max(conds)
-    metrics[f'shampoo_root_error/{bucket}'] = jnp.max(state.root_errors[bucket])
+    metrics[f'shampoo_log10_cond/{bucket}'] = jnp.nanmax(conds)
+    metrics[f'shampoo_root_error/{bucket}'] = jnp.max(jnp.where(padding, 0.0, state.root_errors[bucket]))
   everything = jnp.concatenate(everything)
-  return {'shampoo_log10_cond_max': jnp.max(everything), 'shampoo_log10_cond_median': jnp.median(everything),
+  return {'shampoo_log10_cond_max': jnp.nanmax(everything), 'shampoo_log10_cond_median': jnp.nanmedian(everything),
           **metrics, **shampoo.metrics(opt_state)}
 
 

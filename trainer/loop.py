@@ -322,7 +322,7 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # from the config alone: reads no data
   multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
   tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers,
-                        stack_multiple=mesh.size)
+                        stack_sharding=partitioning.stack_sharding(mesh))
 
   def init_state(rng) -> TrainState:
     params, model_state = nn.unbox(task.init(init_rng))

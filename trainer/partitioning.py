@@ -45,6 +45,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def stack_sharding(mesh: Mesh) -> NamedSharding:
+  """A stack's first dimension over every mesh axis together: how Shampoo's stacks of blocks,
+  statistics and roots are split, each device holding the same rows of all three."""
+  return NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
 

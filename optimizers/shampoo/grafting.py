@@ -8,7 +8,6 @@ starts the graft direction is used alone.
 
 import jax.numpy as jnp
 
-from optimizers.shampoo import blocking
 from optimizers.shampoo import preconditioning
 
 GRAFT_TYPES = ('none', 'sgd', 'adagrad', 'rmsprop', 'sgd_normalized', 'adagrad_normalized',
@@ -45,11 +44,9 @@ def _norm(x, axes):
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
 
-def rescale(preconditioned, graft_direction, layout: blocking.Layout):
-  """`preconditioned` blocks scaled to the graft direction's norm per block and per row of a
-  skipped dimension (a zero block stays zero)."""
-  axes = tuple(1 + i for i, slot in enumerate(layout.slots) if slot)
+def rescale(preconditioned, graft_blocks, kept: tuple[bool, ...]):
+  """A group's `preconditioned` blocks scaled to the norms of the graft direction's blocks, per
+  block and per row of a skipped dimension (a zero block stays zero)."""
+  axes = tuple(1 + i for i, keep in enumerate(kept) if keep)
   shampoo_norm = _norm(preconditioned, axes)
-  scale = jnp.where(shampoo_norm > 0, _norm(blocking.to_blocks(graft_direction, layout), axes) / shampoo_norm,
-                    0.0)
-  return preconditioned * scale
+  return preconditioned * jnp.where(shampoo_norm > 0, _norm(graft_blocks, axes) / shampoo_norm, 0.0)

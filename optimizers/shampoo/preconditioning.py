@@ -17,35 +17,33 @@ def ema(old, new, beta2: float):
   return old + new if beta2 == 1.0 else beta2 * old + (1 - beta2) * new
 
 
-def block_statistics(blocks, slots):
-  """G_(i) G_(i)^T for every mode i of a [n, b_1..b_k] stack of blocks that has a slot.
+def block_statistics(blocks, kept):
+  """G_(i) G_(i)^T for every kept mode i of a [n, b_1..b_k] stack of blocks.
 
   One contraction over all other modes per i, with no explicit unfolding: a transposed
   copy of every block would cost ~20% of the statistics time on CPU.
   """
   modes = 'abcdefghijklm'[:blocks.ndim - 1]
   return [jnp.einsum(f'n{modes},n{modes.replace(m, "z")}->n{m}z', blocks, blocks, precision=roots_lib.HIGHEST)
-          for m, slot in zip(modes, slots) if slot]
+          for m, keep in zip(modes, kept) if keep]
 
 
-def update_statistics(stats, blocks, layouts: list[blocking.Layout], sizes: dict[str, blocking.StackSize],
-                      beta2: float, dtype):
-  """Every bucket's stack with this step's block statistics folded in (`blocks` None: graft only).
+def update_statistics(stats, stacks, p: blocking.Plan, beta2: float, dtype):
+  """Every statistics stack with this step's statistics of its group's blocks folded in.
 
-  The identity blocks that pad a stack stay identities: an average with zeros would decay them
-  to a zero matrix, which has no root.
+  Row i of a statistics stack belongs to row i of its group's stack of blocks, so with both
+  sharded alike this is local to each device. The identity matrices that pad a stack stay
+  identities: an average with zeros would decay them to a zero matrix, which has no root.
   """
-  parts = {key: [] for key in stats}
-  for b, layout in zip(blocks, layouts):
-    slots = [slot for slot in layout.slots if slot]
-    for (key, _), statistic in zip(slots, block_statistics(b, layout.slots) if b is not None else []):
-      parts[key].append(statistic)
   out = {}
-  for key, old in stats.items():
-    identities = sizes[key].padded - sizes[key].real
-    new = jnp.pad(jnp.concatenate(parts[key]), [(0, identities), (0, 0), (0, 0)])
-    updated = ema(old.astype(jnp.float32), new, beta2).astype(dtype)
-    out[key] = jnp.where(sizes[key].padding[:, None, None], old, updated) if identities else updated
+  for group, blocks in stacks.items():
+    kept = p.kept(group)
+    keys = [blocking.statistic_key(group, mode) for mode, keep in enumerate(kept) if keep]
+    for key, new in zip(keys, block_statistics(blocks, kept)):
+      old = stats[key]
+      updated = ema(old.astype(jnp.float32), new, beta2).astype(dtype)
+      padding = p.sizes[key].padding
+      out[key] = jnp.where(padding[:, None, None], old, updated) if padding.any() else updated
   return out
 
 
@@ -79,8 +77,7 @@ def apply_roots(blocks, roots):
   return blocks
 
 
-def precondition(blocks, layout: blocking.Layout, roots):
-  """One parameter's blocks times its roots, taken from the bucket stacks at its slots."""
-  return apply_roots(blocks, [
-      roots[slot[0]][slot[1]:slot[1] + layout.num_blocks].astype(jnp.float32) if slot else None
-      for slot in layout.slots])
+def precondition(blocks, group: str, kept: tuple[bool, ...], roots):
+  """A group's stack of blocks times the roots of its statistics, mode by mode."""
+  return apply_roots(blocks, [roots[blocking.statistic_key(group, mode)].astype(jnp.float32) if keep else None
+                              for mode, keep in enumerate(kept)])

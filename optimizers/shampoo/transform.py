@@ -17,11 +17,15 @@ Per parameter, a static layout (`blocking`) decides how it is preconditioned:
     plain sums), and its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}
     (`preconditioning`).
 
-Statistics of all parameters are stacked per (block size, exponent) bucket into [n, b, b]
-arrays, so a statistics update and a root refresh are one batched op per bucket, and the
-trainer can shard the stacks. `stack_multiple` (the trainer's device count) pads each stack
-with identity blocks to a multiple of it, so every stack shards over all devices; the padding
-gets no statistics, preconditions nothing and is left out of `health` and `metrics`.
+Blocks of all parameters are stacked per group (block shape, exponent) into [n, *block]
+arrays, and each preconditioned mode of a group has a [n, b, b] stack of statistics and
+roots, row i for block i (`blocking`): a statistics update, a root refresh and the
+preconditioning are one batched op per stack. `stack_multiple` (the trainer's device count)
+pads each stack to a multiple of it (zero blocks, identity statistics) and `stack_sharding`
+splits the blocks and their statistics alike over all devices: each device updates, roots
+and preconditions its own rows, and only the preconditioned directions are gathered, as in
+the paper's distributed design. The padding gets no statistics, preconditions nothing and
+is left out of `health` and `metrics`.
 
 Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), damped by
 `matrix_epsilon` (times the largest eigenvalue, by power iteration, when
@@ -82,33 +86,36 @@ def _validate(hp: dict) -> None:
 
 class ShampooState(NamedTuple):
   count: jax.Array            # updates applied so far
-  stats: dict[str, jax.Array]  # bucket -> [n, b, b]
-  roots: dict[str, jax.Array]  # bucket -> [n, b, b] inverse roots in use
-  root_errors: dict[str, jax.Array]  # bucket -> [n] error of the latest root computation
+  stats: dict[str, jax.Array]  # statistic key (blocking.statistic_key) -> [n, b, b]
+  roots: dict[str, jax.Array]  # statistic key -> [n, b, b] inverse roots in use
+  root_errors: dict[str, jax.Array]  # statistic key -> [n] error of the latest root computation
   failed_roots: jax.Array     # matrices whose root failed and kept the previous one (cumulative)
   refresh_failures: jax.Array  # matrices whose root failed at the latest refresh
   root_refreshes: jax.Array   # times the roots were recomputed
-  rooted: dict[str, jax.Array]  # bucket -> [n] whether the matrix ever got a root (else: identity)
-  padding: dict[str, jax.Array]  # bucket -> [n] True for the identity blocks that pad the stack
+  rooted: dict[str, jax.Array]  # statistic key -> [n] whether the matrix ever got a root (else: identity)
+  padding: dict[str, jax.Array]  # statistic key -> [n] True for the identity matrices that pad the stack
   graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
   momentum: Any               # per-parameter momentum, or None
 
 
-# The fields of ShampooState with a row per block of a bucket: padded to `stack_multiple` rows.
+# The fields of ShampooState with a row per block of a group: padded to `stack_multiple` rows.
 STACK_FIELDS = ('stats', 'roots', 'root_errors', 'rooted', 'padding')
 
 
 def is_stack(path: str) -> bool:
   """Whether `path` (a state leaf's jax.tree_util.keystr) is one of Shampoo's stacks, whose length
   depends on the device count it was padded for: a checkpoint explains a mismatch with it."""
-  return re.search(rf"\.(?:{'|'.join(STACK_FIELDS)})\['\d+_p\d+'\]$", path) is not None
+  return re.search(rf"\.(?:{'|'.join(STACK_FIELDS)})\['[0-9xu]+_p\d+_m\d+'\]$", path) is not None
 
 
-def scale_by_shampoo(*, stack_multiple: int = 1, **hyperparameters) -> optax.GradientTransformation:
+def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sharding | None = None,
+                     **hyperparameters) -> optax.GradientTransformation:
   """Shampoo's (grafted, momentum) direction; chain with a learning rate to step.
 
-  Each stack of statistics is padded with identity blocks to a multiple of `stack_multiple`,
-  the number of devices the trainer shards it over; the direction does not depend on it.
+  Each stack is padded to a multiple of `stack_multiple`, the number of devices the trainer
+  shards it over along its first axis with `stack_sharding` (which the update also gives the
+  stacks of blocks it builds, so each device works on its rows only); the direction depends on
+  neither.
   """
   hp = dict(hyperparameters)
   _validate(hp)
@@ -117,6 +124,8 @@ def scale_by_shampoo(*, stack_multiple: int = 1, **hyperparameters) -> optax.Gra
   dtype = DTYPES[hp['statistics_dtype']]
   beta1, beta2 = hp['beta1'], hp['beta2']
   start = hp['start_preconditioning_step']
+  constrain = ((lambda x: x) if stack_sharding is None
+               else lambda x: jax.lax.with_sharding_constraint(x, stack_sharding))
 
   def init_fn(params):
     leaves = jax.tree.leaves(params)
@@ -139,36 +148,37 @@ def scale_by_shampoo(*, stack_multiple: int = 1, **hyperparameters) -> optax.Gra
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    layouts, sizes, masks = blocking.plan([g.shape for g in leaves], hp, stack_multiple)
+    p = blocking.plan([g.shape for g in leaves], hp, stack_multiple)
     grads = [g.astype(jnp.float32) for g in leaves]
     count = state.count
-    blocks = [blocking.to_blocks(g, l) if l.preconditioned else None for g, l in zip(grads, layouts)]
+    blocks = blocking.stack(grads, p, constrain)
 
     stats = jax.lax.cond(count % hp['statistics_compute_steps'] == 0,
-                         lambda s: preconditioning.update_statistics(s, blocks, layouts, sizes, beta2, dtype),
+                         lambda s: preconditioning.update_statistics(s, blocks, p, beta2, dtype),
                          lambda s: s, state.stats)
 
     # Roots are only used from `start` on: none before, one at `start`, then every k updates.
     refresh = (count >= start) & ((count % hp['preconditioning_compute_steps'] == 0) | (count == start))
     roots, root_errors, succeeded = jax.lax.cond(
-        refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], masks, hp, dtype),
+        refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], p.masks, hp, dtype),
         lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3])),
         (stats, state.roots, state.root_errors, state.rooted))
-    failed = jnp.where(refresh, sum(jnp.sum(~ok & ~sizes[k].padding) for k, ok in succeeded.items()),
+    failed = jnp.where(refresh, sum(jnp.sum(~ok & ~p.sizes[k].padding) for k, ok in succeeded.items()),
                        0).astype(jnp.int32)
 
     graft, accumulators = grafting.directions(
         grads, jax.tree.leaves(state.graft) if state.graft is not None else None, count,
         graft_type=hp['graft_type'], beta2=beta2, epsilon=hp['diagonal_epsilon'])
-    directions = []
-    for g_graft, b, layout in zip(graft, blocks, layouts):
-      if not layout.preconditioned:
-        directions.append(g_graft)
-        continue
-      preconditioned = preconditioning.precondition(b, layout, roots)
-      if hp['graft_type'] != 'none':
-        preconditioned = grafting.rescale(preconditioned, g_graft, layout)
-      directions.append(jnp.where(count >= start, blocking.from_blocks(preconditioned, layout), g_graft))
+    graft_blocks = blocking.stack(graft, p, constrain) if hp['graft_type'] != 'none' else None
+    preconditioned = {}
+    for group, group_blocks in blocks.items():
+      kept = p.kept(group)
+      direction = preconditioning.precondition(group_blocks, group, kept, roots)
+      if graft_blocks is not None:
+        direction = grafting.rescale(direction, graft_blocks[group], kept)
+      preconditioned[group] = constrain(direction)
+    directions = [jnp.where(count >= start, blocking.unstack(preconditioned, layout), g_graft)
+                  if layout.preconditioned else g_graft for g_graft, layout in zip(graft, p.layouts)]
 
     momentum = None
     if beta1 > 0:
@@ -203,7 +213,7 @@ def _share(counts, total):
 
 
 def _real(state: ShampooState) -> tuple[dict[str, jax.Array], jax.Array]:
-  """Per bucket, [n] True for the matrices of real blocks (not the identities padding the stack),
+  """Per statistics stack, [n] True for the matrices of real blocks (not the identities padding the stack),
   and how many there are in all."""
   real = {k: ~padding for k, padding in state.padding.items()}
   return real, sum((jnp.sum(r) for r in real.values()), jnp.zeros((), jnp.int32))
