@@ -7,9 +7,14 @@ process, `slurm` as an sbatch job array with one srun task per GPU. On the last
 two, `main.py --multihost` joins the processes through `jax.distributed`, which
 finds the coordinator itself on Cloud TPU and under Slurm; the sweep directory
 must then be on a filesystem that every host mounts.
+
+No value from the command line is pasted into shell text unquoted: commands run as
+argv lists, and what a remote shell or the Slurm script reads is `shlex.quote`d.
 """
 
+import ctypes
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -22,6 +27,9 @@ from launch import trial_status
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ('local', 'tpu', 'slurm')
 POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_LIBC = ctypes.CDLL(None)  # loaded before any fork: the child only calls it
 
 
 class BackendError(ValueError):
@@ -52,21 +60,121 @@ def _split(items: list, parts: int) -> list[list]:
   return [items[i * size:(i + 1) * size] for i in range(parts)]
 
 
-class Local:
-  """Trials as child processes, `--parallel` at a time; GPUs (or else CPU cores) split among them.
+def _trial_setup(launcher_pid: int, cores: set | None):
+  """The trial's preexec_fn: it gets SIGTERM (checkpoints and stops) when the launcher dies, even by
+  kill -9, and runs on `cores` when given. Runs after start_new_session's setsid, before exec."""
 
-  SIGINT / SIGTERM are forwarded to the running trials, which checkpoint and stop;
-  the sweep then stops too, and a re-run resumes them.
+  def setup():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held by the launcher while it starts trials
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher_pid:  # the launcher died before prctl: no signal would come
+      os.kill(os.getpid(), signal.SIGKILL)
+    if cores:
+      os.sched_setaffinity(0, cores)
+
+  return setup
+
+
+class _Processes:
+  """Trials as child processes of the launcher, each in its own process group, one per slot at a time.
+
+  SIGINT / SIGTERM are forwarded to every running trial's process group: the trials checkpoint
+  and stop, the sweep stops too, and a re-run resumes them. A second signal kills the groups
+  (SIGKILL) for a trial that does not stop. A trial gets SIGTERM when the launcher dies, kill -9
+  included, so none outlives it. A trial whose command exits with a code its run does not explain
+  is failed (trial_status.ended), its log kept in `<sweep_dir>/logs/<trial id>.log`.
   """
+
+  def __init__(self, sweep_dir: str, dry_run: bool, slots: list[tuple[dict, set | None]]):
+    self._logs = os.path.join(sweep_dir, 'logs')
+    self._dry_run = dry_run
+    self._slots = slots
+    self._signal = None
+    self._running = {}
+
+  def command(self, trial) -> list[str]:
+    raise NotImplementedError
+
+  def _log(self, trial) -> str:
+    return os.path.join(self._logs, f'{trial.id}.log')
+
+  def _start(self, trial, slot):
+    env, cores = slot
+    os.makedirs(self._logs, exist_ok=True)
+    trial_status.clear_failure(trial.workdir)
+    command = self.command(trial)
+    with open(self._log(trial), 'a') as log:
+      log.write(f'# {shlex.join(command)}\n')
+      log.flush()
+      return subprocess.Popen(
+          command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+          start_new_session=True,  # its own process group: a Ctrl-C reaches the sweep, which forwards it once
+          preexec_fn=_trial_setup(os.getpid(), cores))
+
+  def _handle(self, signum, frame):
+    forward = signum if self._signal is None else signal.SIGKILL
+    self._signal = self._signal or signum
+    for process in self._running:
+      if process.returncode is None:  # not reaped, so its pid is still its group's id
+        try:
+          os.killpg(process.pid, forward)
+        except ProcessLookupError:
+          pass
+
+  def _ended(self, trial, code: int) -> str:
+    status = trial_status.status(trial.workdir)
+    if self._signal is not None and status not in trial_status.FINISHED:
+      return 'interrupted'  # also when the signal came before the trial could checkpoint
+    return trial_status.ended(trial.workdir, code, self._log(trial))
+
+  def run(self, pending, index) -> int:
+    if self._dry_run:
+      for trial in pending:
+        print(shlex.join(self.command(trial)))
+      return 0
+    queue, free, failed = list(pending), list(range(len(self._slots))), 0
+    previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+    try:
+      while (queue and self._signal is None) or self._running:
+        while queue and free and self._signal is None:
+          trial, slot = queue.pop(0), free.pop(0)
+          # A stop signal during the start waits until the trial is in _running, so it is forwarded to it.
+          held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+          try:
+            self._running[self._start(trial, self._slots[slot])] = (trial, slot, time.monotonic())
+          finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+          index.update(trial, 'running')
+          print(f'started  {trial.id}', flush=True)
+        time.sleep(POLL_SECONDS)
+        for process in [p for p in self._running if p.poll() is not None]:
+          trial, slot, started = self._running.pop(process)
+          free.append(slot)
+          result = self._ended(trial, process.returncode)
+          failed += result == 'failed'
+          index.update(trial, result)
+          entry = index.entries[trial.id]
+          print(f'finished {trial.id}: {result} at step {entry.get("step")}, steps_to_target='
+                f'{entry.get("steps_to_target")}, {time.monotonic() - started:.0f} s'
+                + (f' (exit {process.returncode}; log {self._log(trial)})' if result == 'failed' else ''),
+                flush=True)
+    finally:
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if self._signal is not None:
+      print(f'sweep stopped by {signal.Signals(self._signal).name}; run it again to resume', flush=True)
+      return 128 + self._signal
+    return 1 if failed else 0
+
+
+class Local(_Processes):
+  """Trials as child processes, `--parallel` at a time; GPUs (or else CPU cores) split among them."""
 
   def __init__(self, args, config_spec: str, sweep_dir: str):
     if args.parallel < 1:
       raise BackendError(f'--parallel={args.parallel} must be at least 1')
+    super().__init__(sweep_dir, args.dry_run, self._device_slots(args.parallel))
     self._config_spec = config_spec
-    self._logs = os.path.join(sweep_dir, 'logs')
-    self._dry_run = args.dry_run
-    self._slots = self._device_slots(args.parallel)
-    self._signal = None
 
   @staticmethod
   def _device_slots(parallel: int) -> list[tuple[dict, set | None]]:
@@ -86,93 +194,44 @@ class Local:
   def command(self, trial) -> list[str]:
     return [sys.executable, os.path.join(ROOT, 'main.py'), *trial.main_args(self._config_spec)]
 
-  def _start(self, trial, slot):
-    env, cores = slot
-    os.makedirs(self._logs, exist_ok=True)
-    with open(os.path.join(self._logs, f'{trial.id}.log'), 'a') as log:
-      return subprocess.Popen(
-          self.command(trial), cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-          start_new_session=True,  # a Ctrl-C reaches the sweep, which forwards it once
-          preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
 
-  def _handle(self, signum, frame):
-    self._signal = signum
-    for process in self._running:
-      if process.poll() is None:
-        process.send_signal(signum)
-
-  def run(self, pending, index) -> int:
-    if self._dry_run:
-      for trial in pending:
-        print(shlex.join(self.command(trial)))
-      return 0
-    queue, free, failed = list(pending), list(range(len(self._slots))), 0
-    self._running = {}
-    previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-      while (queue and self._signal is None) or self._running:
-        while queue and free and self._signal is None:
-          trial, slot = queue.pop(0), free.pop(0)
-          self._running[self._start(trial, self._slots[slot])] = (trial, slot, time.monotonic())
-          index.update(trial, 'running')
-          print(f'started  {trial.id}', flush=True)
-        time.sleep(POLL_SECONDS)
-        for process in [p for p in self._running if p.poll() is not None]:
-          trial, slot, started = self._running.pop(process)
-          free.append(slot)
-          result = trial_status.status(trial.workdir)
-          if result not in trial_status.FINISHED and self._signal is not None:
-            result = 'interrupted'  # also when the signal came before the trial could checkpoint
-          elif result not in trial_status.FINISHED + ('interrupted',):
-            result, failed = 'failed', failed + 1
-          index.update(trial, result)
-          entry = index.entries[trial.id]
-          print(f'finished {trial.id}: {result} at step {entry.get("step")}, steps_to_target='
-                f'{entry.get("steps_to_target")}, {time.monotonic() - started:.0f} s'
-                + (f' (exit {process.returncode}; log {self._logs}/{trial.id}.log)' if result == 'failed' else ''),
-                flush=True)
-    finally:
-      for sig, handler in previous.items():
-        signal.signal(sig, handler)
-    if self._signal is not None:
-      print(f'sweep stopped by {signal.Signals(self._signal).name}; run it again to resume', flush=True)
-      return 128 + self._signal
-    return 1 if failed else 0
+def _remote_path(path: str) -> str:
+  """`path` quoted for the remote shell, a leading `~` or `~user` left unquoted for it to expand."""
+  home, sep, rest = path.partition('/')
+  if not re.fullmatch(r'~[\w.-]*', home):
+    return shlex.quote(path)
+  return home + sep + (shlex.quote(rest) if rest else '')
 
 
-class Tpu:
-  """One `gcloud compute tpus tpu-vm ssh --worker=all` per trial, run one after another."""
+class Tpu(_Processes):
+  """One `gcloud compute tpus tpu-vm ssh --worker=all` per trial, run one after another.
+
+  The remote command is shell text: the checkout, the interpreter and every argument are quoted.
+  Stopping the launcher stops gcloud; the processes on the workers are not signalled through ssh.
+  """
 
   def __init__(self, args, config_spec: str, sweep_dir: str):
     if not args.tpu or not args.zone:
       raise BackendError('--backend=tpu needs --tpu=<TPU VM name> and --zone=<zone>')
     _require('gcloud', args.dry_run)
-    self._args, self._config_spec, self._dry_run = args, config_spec, args.dry_run
+    super().__init__(sweep_dir, args.dry_run, [({}, None)])
+    self._args, self._config_spec = args, config_spec
 
   def command(self, trial) -> list[str]:
-    remote = ' '.join([f'cd {self._args.remote_dir} &&', self._args.python, 'main.py', '--multihost',
-                       *map(shlex.quote, trial.main_args(self._config_spec))])
+    remote = (f'cd {_remote_path(self._args.remote_dir)} && '
+              + shlex.join([self._args.python, 'main.py', '--multihost', *trial.main_args(self._config_spec)]))
     project = [f'--project={self._args.project}'] if self._args.project else []
     return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', self._args.tpu, f'--zone={self._args.zone}',
             *project, '--worker=all', f'--command={remote}']
 
-  def run(self, pending, index) -> int:
-    failed = 0
-    for trial in pending:
-      if self._dry_run:
-        print(shlex.join(self.command(trial)))
-        continue
-      print(f'started  {trial.id}', flush=True)
-      code = subprocess.run(self.command(trial)).returncode
-      result = trial_status.status(trial.workdir)  # 'pending' when the sweep dir is not mounted here
-      failed += code not in (0, 1)  # 1: diverged, a result
-      index.update(trial, result if result != 'pending' else f'exit {code}')
-      print(f'finished {trial.id}: exit {code}, {result}', flush=True)
-    return 1 if failed else 0
-
 
 class Slurm:
-  """An sbatch job array: one array task per pending trial, one srun process per GPU."""
+  """An sbatch job array: one array task per pending trial, one srun process per GPU.
+
+  The job's options go to sbatch as arguments, not as #SBATCH lines of the script; in the script
+  every path, argument and the interpreter are quoted. An array task whose srun exits with a code
+  its run does not explain records the trial as failed (trial_status.ended); its log is Slurm's.
+  """
 
   def __init__(self, args, config_spec: str, sweep_dir: str):
     for name in ('nodes', 'gpus_per_node'):
@@ -181,34 +240,47 @@ class Slurm:
     _require('sbatch', args.dry_run)
     self._args, self._config_spec, self._sweep_dir = args, config_spec, sweep_dir
     self._dry_run = args.dry_run
+    self._logs = os.path.join(sweep_dir, 'logs')
+    self.path = os.path.join(sweep_dir, 'sweep.sbatch')
 
-  def script(self, pending) -> str:
+  def submit_command(self, pending) -> list[str]:
     a = self._args
+    log = os.path.join(self._logs.replace('%', '%%'), 'slurm-%A_%a.log')  # sbatch expands % in file names
     options = [f'--job-name=sweep-{os.path.basename(self._sweep_dir)}', f'--nodes={a.nodes}',
                f'--ntasks-per-node={a.gpus_per_node}', '--gpus-per-task=1', f'--time={a.time}',
-               f'--array=0-{len(pending) - 1}', f'--output={self._sweep_dir}/logs/slurm-%A_%a.log']
+               f'--array=0-{len(pending) - 1}', f'--output={log}']
     options += [f'--partition={a.partition}'] * bool(a.partition) + [f'--account={a.account}'] * bool(a.account)
-    cases = [f'  {i}) TRIAL=({shlex.join(trial.main_args(self._config_spec))}) ;;'
+    return ['sbatch', *options, self.path]
+
+  def script(self, pending) -> str:
+    python = shlex.quote(self._args.python)
+    cases = [f'  {i}) WORKDIR={shlex.quote(trial.workdir)}; TRIAL=({shlex.join(trial.main_args(self._config_spec))}) ;;'
              for i, trial in enumerate(pending)]
     return '\n'.join([
-        '#!/bin/bash', *(f'#SBATCH {option}' for option in options),
-        f'# Pending trials of {self._sweep_dir}, one per array task. srun starts one process per GPU;',
-        '# main.py --multihost joins them into one JAX job (jax.distributed detects Slurm).',
+        '#!/bin/bash',
+        "# The sweep's pending trials, one per array task, submitted with the job's options as sbatch",
+        '# arguments. srun starts one process per GPU; main.py --multihost joins them into one JAX job',
+        '# (jax.distributed detects Slurm). A failed srun is recorded in the workdir (launch/trial_status.py).',
         'set -euo pipefail', f'cd {shlex.quote(ROOT)}', 'case "$SLURM_ARRAY_TASK_ID" in', *cases, 'esac',
-        f'srun {a.python} main.py --multihost "${{TRIAL[@]}}"', ''])
+        f'LOG={shlex.quote(self._logs)}/"slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.log"',
+        f'rm -f "$WORKDIR"/{shlex.quote(trial_status.FAILED_FILE)}',
+        'code=0',
+        f'srun {python} main.py --multihost "${{TRIAL[@]}}" || code=$?',
+        f'{python} -m launch.trial_status "$WORKDIR" "$code" "$LOG"',
+        'exit "$code"', ''])
 
   def run(self, pending, index) -> int:
     if not pending:
       return 0
-    script = self.script(pending)
+    script, command = self.script(pending), self.submit_command(pending)
     if self._dry_run:
+      print(shlex.join(command))
       print(script, end='')
       return 0
-    os.makedirs(os.path.join(self._sweep_dir, 'logs'), exist_ok=True)
-    path = os.path.join(self._sweep_dir, 'sweep.sbatch')
-    with open(path, 'w') as f:
+    os.makedirs(self._logs, exist_ok=True)
+    with open(self.path, 'w') as f:
       f.write(script)
-    code = subprocess.run(['sbatch', path]).returncode
+    code = subprocess.run(command).returncode
     for trial in pending:
       index.update(trial, 'submitted' if code == 0 else 'pending')
     return code

@@ -10,7 +10,8 @@ over the base config, and may name that config as `CONFIG = 'configs/X.py:tiny'`
 a workdir `<sweep_dir>/<trial id>` named by its values, and `sweep.json` in the
 sweep dir indexes them. A trial whose workdir holds a finished run (completed,
 reached_target, diverged) is skipped, so a re-run resumes the sweep: an
-interrupted trial resumes from its checkpoint, a finished one is never repeated. A
+interrupted trial resumes from its checkpoint, a finished one is never repeated, a
+failed one (its command exited with a code its run does not explain) runs again. A
 trial whose run holds its workdir's lock (started by another launcher) is reported as
 running and not started twice.
 `--set optimizer.norm_constraint=0` runs the same sweep with a setting changed in the base
@@ -190,6 +191,9 @@ class Index:
     summary = trial_status.summary(trial.workdir)
     entry.update({key: summary[key] for key in (
         'step', 'steps_to_target', 'train_seconds_to_target', 'final_eval') if key in summary})
+    for key in ('exit_code', 'log'):  # a failed attempt's, gone once the trial starts again
+      entry.pop(key, None)
+    entry.update(trial_status.failure(trial.workdir))
 
   def update(self, trial: Trial, status: str) -> None:
     self._record(trial, status)

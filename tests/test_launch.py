@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -174,11 +175,13 @@ def test_dry_runs_print_commands_for_pending_trials_only(tmp_path):
 
   slurm = launch_sweep(sweep_file, sweep_dir, '--backend=slurm', '--nodes=2', '--gpus_per_node=4', '--dry_run')
   assert slurm.returncode == 0, slurm.stderr
-  script = slurm.stdout.split('\n', 1)[1]
-  assert script.startswith('#!/bin/bash') and '#SBATCH --array=0-1' in script
-  assert '#SBATCH --nodes=2' in script and '#SBATCH --ntasks-per-node=4' in script
+  _, submit, script = slurm.stdout.split('\n', 2)
+  submit = shlex.split(submit)  # the job's options are sbatch arguments, not #SBATCH lines
+  assert submit[0] == 'sbatch' and submit[-1] == f'{sweep_dir}/sweep.sbatch'
+  assert {'--array=0-1', '--nodes=2', '--ntasks-per-node=4'} <= set(submit)
+  assert script.startswith('#!/bin/bash') and '#SBATCH' not in script
   assert 'srun python3 main.py --multihost "${TRIAL[@]}"' in script
-  assert script.count(') TRIAL=(') == 2
+  assert script.count('; TRIAL=(') == 2
   bash = subprocess.run(['bash', '-n'], input=script, text=True, capture_output=True)
   assert bash.returncode == 0, bash.stderr
   assert not os.path.exists(os.path.join(sweep_dir, 'sweep.json'))  # a dry run writes nothing
@@ -231,3 +234,14 @@ def test_a_trial_running_elsewhere_is_reported_and_not_started(tmp_path):
   assert '3 trials, 0 already finished, 1 running elsewhere, 2 to run' in result.stdout
   commands = [line for line in result.stdout.splitlines() if 'main.py' in line]
   assert len(commands) == 2 and not any('learning_rate=0.02' in c for c in commands)
+
+
+def test_a_trial_refused_for_the_lock_is_running_not_failed(tmp_path):
+  workdir = str(tmp_path / 'trial')
+  with workdirs.WorkdirLock(workdir):  # another launcher's run: main.py exits 2 without touching it
+    assert trial_status.ended(workdir, 2, 'trial.log') == 'running'
+    assert trial_status.failure(workdir) == {}
+  assert trial_status.ended(workdir, 2, 'trial.log') == 'failed'
+  assert trial_status.failure(workdir) == {'exit_code': 2, 'log': 'trial.log'}
+  trial_status.clear_failure(workdir)
+  assert trial_status.status(workdir) == 'pending'
