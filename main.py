@@ -2,11 +2,19 @@
 
 Parses and checks the command line, then hands (config, workdir) to the
 trainer, or with --dry_run to the planner (trainer/plan.py: the config compiled
-for config.hardware, exit 3 when it does not fit). Bad input is one line on stderr
-and exit code 2; a diverged run exits 1; a run stopped by SIGTERM/SIGINT exits
-128 + the signal number after saving a checkpoint it will resume from.
+for config.hardware, exit 3 when it does not fit). Exit codes:
+  0    the run completed or reached its target;
+  1    a crash (an error with its traceback), or a multi-process job it cannot join;
+  2    bad input, or a workdir the run cannot use (not writable, a full disk before training):
+       one `error:` line, nothing trained;
+  3    the run stopped short, with one `error:` line and its last good checkpoint kept: it
+       diverged (a non-finite loss, eval metric or state, named by step and leaf), or the disk
+       refused a checkpoint or metrics write;
+  128 + the signal number: stopped by SIGTERM/SIGINT, after a checkpoint it will resume from
+       (before training, from where it started).
 """
 
+import logging as std_logging
 import os
 import signal
 import sys
@@ -41,7 +49,8 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (with --coordinator_address).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (with --coordinator_address).')
 
-EXIT_USAGE, EXIT_FAILURE = 2, 1  # a failure: a diverged run, or a multi-process job it cannot join
+EXIT_USAGE, EXIT_FAILURE = 2, 1  # a failure: a crash, or a multi-process job it cannot join
+EXIT_STOPPED = 3  # training stopped short: it diverged, or the disk refused a write
 EXIT_DOES_NOT_FIT = 3  # --dry_run: the config does not fit its hardware
 
 
@@ -56,6 +65,16 @@ def _one_line(error: Exception) -> str:
   line = text[-1] if text else type(error).__name__
   head, sep, rest = line.partition(': ')
   return rest if sep and head.endswith('Error') else line
+
+
+def _diverged(summary: dict, workdir: str) -> str:
+  """What went non-finite at which step, and the last checkpoint (a finite state) kept."""
+  found = [f'non-finite {summary["non_finite_metric"]}'] if summary.get('non_finite_metric') else []
+  if summary.get('non_finite_leaf'):
+    found.append(f'first non-finite leaf {summary["non_finite_leaf"]}')
+  last = summary['last_checkpoint_step']
+  kept = f'last good checkpoint: step {last}' if last is not None else 'no checkpoint saved'
+  return f'training diverged at step {summary["diverged_at_step"]} ({"; ".join(found)}); {kept} in {workdir}'
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -110,7 +129,7 @@ def main(argv: list[str]) -> None:
   if _DRY_RUN.value:
     try:
       plan = trainer.plan.run(config, workdir, name)
-    except ConfigError as e:
+    except (ConfigError, trainer.workdir.WriteError) as e:  # plan.json refused: as an unwritable workdir
       _fail(str(e))
     if not plan['fits']:
       _fail(plan['verdict'], EXIT_DOES_NOT_FIT)
@@ -124,13 +143,17 @@ def main(argv: list[str]) -> None:
     summary = trainer.run(config, workdir, name)
   except ConfigError as e:
     _fail(str(e))
+  except trainer.workdir.WriteError as e:
+    # The failed save's unfinished tasks report themselves again when collected at exit.
+    std_logging.disable()
+    sys.unraisablehook = lambda unraisable: None
+    _fail(str(e), EXIT_STOPPED)
   status = summary['status']
   print(f'{name}-{config.size}: {status} at step {summary["step"]}; '
         f'steps_to_target={summary["steps_to_target"]} '
         f'train_seconds_to_target={summary["train_seconds_to_target"]}; workdir {workdir}')
   if status == 'diverged':
-    _fail(f'training diverged (non-finite loss at step {summary["diverged_at_step"]}); '
-          f'last good checkpoint: step {summary["last_checkpoint_step"]} in {workdir}', EXIT_FAILURE)
+    _fail(_diverged(summary, workdir), EXIT_STOPPED)
   if status == 'interrupted':
     sys.exit(128 + signal.Signals[summary['signal']].value)
 

@@ -21,8 +21,8 @@ LOCK_FILE = '.lock'
 # trial; the launcher removes it when it starts the trial again.
 FAILED_FILE = 'failed.json'
 FINISHED = ('completed', 'reached_target', 'diverged')
-# main.py's exit code per status: a diverged run exits 1, a run stopped by a signal 128 + its number.
-EXIT_CODES = {'completed': {0}, 'reached_target': {0}, 'diverged': {1},
+# main.py's exit code per status: a diverged run exits 3, a run stopped by a signal 128 + its number.
+EXIT_CODES = {'completed': {0}, 'reached_target': {0}, 'diverged': {3},
               'interrupted': {128 + signal.SIGTERM, 128 + signal.SIGINT}}
 
 

@@ -124,10 +124,10 @@ def test_sigterm_checkpoints_and_a_rerun_resumes(tmp_path):
   assert summary['status'] == 'completed' and summary['step'] == stopped + 50
 
 
-def test_divergence_exits_1_with_one_line(tmp_path):
+def test_divergence_exits_3_with_one_line(tmp_path):
   sgd = os.path.join(ROOT, 'configs', 'lp_regression_sgd.py')
   result = main(f'--config={sgd}:tiny', '--config.optimizer.learning_rate=1.0', '--config.num_steps=50',
                 f'--workdir={tmp_path / "run"}')
-  assert result.returncode == 1
+  assert result.returncode == 3
   assert len(errors(result)) == 1 and 'training diverged' in errors(result)[0]
   assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['status'] == 'diverged'

@@ -215,10 +215,11 @@ def test_local_flags_reach_the_trial_as_argv(fakes, hostile_setup):
         os.path.join(ROOT, 'main.py'), *expected_main_args(config, sweep_dir, payload, trial_id, learning_rate)]}
 
 
-# Per trial: no summary and exit 3 (a crash); no summary and exit 1 (gcloud's own failure, not a
-# divergence); a completed summary and exit 255 (ssh lost a worker); a diverged summary and exit 1.
+# Per trial: no summary and exit 3 (main.py's code for a divergence, here without one); no summary and
+# exit 1 (a crash, or gcloud's own failure); a completed summary and exit 255 (ssh lost a worker); a
+# diverged summary and exit 3.
 REMOTE_ENDINGS = {IDS[0]: {'exit': 3}, IDS[1]: {'exit': 1}, IDS[2]: {'status': 'completed', 'exit': 255},
-                  IDS[3]: {'status': 'diverged', 'exit': 1}}
+                  IDS[3]: {'status': 'diverged', 'exit': 3}}
 REMOTE_STATUSES = ['failed', 'failed', 'failed', 'diverged']
 
 

@@ -15,9 +15,22 @@ A step that does not restore (files emptied, truncated or unreadable: a full dis
 orbax wrote) costs the steps since the one before it, not the run: restore falls back to older
 steps, newest first, and moves the unreadable ones aside as `<step>.corrupt` (kept for a look,
 and invisible to orbax, which takes only digit names as steps).
+
+Saves are asynchronous: a step's files land while training goes on, and a write the disk refuses
+surfaces at the next save (or at close) as one `WriteError` naming that step. Orbax deletes older
+steps only once a new one has landed, so the last good step stays, and the next save of the failed
+step replaces what it left (`<step>.orbax-checkpoint-tmp`). While a Checkpointer is open, the noise
+of such a failure is dropped, as the run reports it in one line: the tracebacks orbax logs, those
+of its tasks whose errors nobody retrieved, and the callbacks tensorstore's remaining writes make
+into the event loop of the failed save, which orbax has closed ('Event loop is closed', raised
+where nothing can catch it).
 """
 
+import contextlib
+import logging as std_logging
 import os
+import re
+import sys
 
 from absl import logging
 import jax
@@ -27,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from errors import ConfigError
 from optimizers import shampoo
+from trainer import workdir as workdirs
 
 DIRECTORY = 'checkpoints'
 
@@ -83,25 +97,90 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   return registry
 
 
+def _disk_refusal(error: BaseException) -> str | None:
+  """Why the disk refused a write of orbax's, or None for any other error: an OSError with a disk
+  errno from its file writes, or tensorstore's ValueError naming one (`[os_error_code='28']`) from
+  its array writes."""
+  if workdirs.is_disk_error(error):
+    return error.strerror
+  code = re.search(r"\[os_error_code='(\d+)'\]", str(error)) if isinstance(error, ValueError) else None
+  return os.strerror(int(code[1])) if code and int(code[1]) in workdirs.DISK_ERRNOS else None
+
+
+class _Quiet(std_logging.Filter):
+  """Drops the noise of a failed save (see the module's docstring) while installed."""
+
+  LOGGERS = (logging.get_absl_logger(), std_logging.getLogger('asyncio'))  # orbax's; its unfinished tasks'
+
+  def install(self) -> '_Quiet':
+    for logger in self.LOGGERS:
+      logger.addFilter(self)
+    self._unraisablehook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+    return self
+
+  def remove(self) -> None:
+    for logger in self.LOGGERS:
+      logger.removeFilter(self)
+    sys.unraisablehook = self._unraisablehook
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (record.exc_info and _disk_refusal(record.exc_info[1]))
+
+  def _unraisable(self, unraisable) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      self._unraisablehook(unraisable)
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
     self._directory = os.path.join(workdir, DIRECTORY)
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(self._directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        handler_registry=_handler_registry())
-    self.last_saved_step = self._manager.latest_step()
+    with workdirs.writing('the checkpoints folder', self._directory):
+      self._manager = ocp.CheckpointManager(
+          os.path.abspath(self._directory),
+          # A step's folder is made before save() returns: made in the background, a refusal would
+          # leave orbax's writers waiting for it until their timeout, keeping the process from exiting.
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=keep, create=True,
+              async_options=ocp.AsyncOptions(create_directories_asynchronously=False)),
+          handler_registry=_handler_registry())
+    self._quiet = _Quiet().install()  # until close()
+    self.last_saved_step = self._manager.latest_step()  # the newest step whose files have landed
+    self._in_flight = None  # a step handed to orbax whose files may still be landing
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, meta: dict) -> None:
-    if step == self.last_saved_step:
+  @contextlib.contextmanager
+  def _writing(self, step: int):
+    """Orbax's writes of `step`; the disk's refusal is one WriteError naming the step."""
+    try:
+      yield
+    except (OSError, ValueError) as e:
+      reason = _disk_refusal(e)
+      if reason is None:
+        raise
+      path = os.path.join(self._directory, str(step))
+      raise workdirs.WriteError(f'cannot write checkpoint step {step} to {path}: {reason}') from None
+
+  def _wait(self) -> None:
+    """Waits for the step in flight to land (then it is the last saved one)."""
+    step, self._in_flight = self._in_flight, None
+    if step is None:
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_keyed(state)[0]), meta=ocp.args.JsonSave(meta)))
+    with self._writing(step):
+      self._manager.wait_until_finished()
     self.last_saved_step = step
+
+  def save(self, step: int, state, meta: dict) -> None:
+    if step in (self.last_saved_step, self._in_flight):
+      return
+    self._wait()
+    with self._writing(step):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_keyed(state)[0]), meta=ocp.args.JsonSave(meta)))
+    self._in_flight = step
 
   def restore(self, abstract_state):
     """(state, meta) of the latest checkpoint that restores; `abstract_state` leaves carry shardings.
@@ -137,7 +216,8 @@ class Checkpointer:
         while os.path.exists(target):
           n += 1
           target = f'{path}.corrupt{n}'
-        os.rename(path, target)
+        with workdirs.writing(f'checkpoint step {step} aside', target):
+          os.rename(path, target)
         logging.warning('checkpoint step %d does not restore (%s): moved aside to %s, resuming from step %d',
                         step, why, target, restored_step)
     if jax.process_count() > 1:
@@ -161,6 +241,14 @@ class Checkpointer:
     return jax.tree.unflatten(treedef, [restored['state'][path] for path in wanted]), restored['meta']
 
   def close(self) -> None:
-    """Waits for asynchronous saves to land on disk."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the step in flight to land on disk."""
+    try:
+      self._wait()
+    finally:
+      try:
+        self._manager.close()
+      except (OSError, ValueError) as e:  # orbax's inner checkpointer raising the failure _wait reported
+        if _disk_refusal(e) is None:
+          raise
+      finally:
+        self._quiet.remove()

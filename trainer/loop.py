@@ -5,9 +5,13 @@ touched. The train step is compiled ahead of time (its compile time is
 measured apart from training), runs on a `jax.sharding.Mesh` with params and
 optimizer state placed by the task's logical axis names, and donates its
 state. Metrics are fetched once per log window, which is also where a
-non-finite loss is caught: no checkpoint is ever written from a diverged state.
+non-finite loss is caught, and the state is checked finite before each save
+(one small jitted reduction): no checkpoint is ever written from a diverged state.
+SIGTERM and SIGINT are caught from the start of a run, so that one during set-up
+or compilation stops it as cleanly as one during training.
 """
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -42,6 +46,9 @@ COMPLETED, REACHED_TARGET, DIVERGED, INTERRUPTED = 'completed', 'reached_target'
 DIRECTIONS = ('above', 'below')
 AT_WINDOW_END = ('_total', '_share')  # metrics logged at their window-end value, not the window mean
 FAILED_ROOTS_WARNING = 0.1  # share of a refresh's roots that failed, above which the run warns once
+# Optimizer-state fields that hold non-finite values by design, as records the updates do not use:
+# Shampoo's root_errors (inf: that root failed) and K-FAC's rho (NaN before its first adaptation).
+NON_FINITE_BY_DESIGN = ('root_errors', 'rho')
 
 
 @flax.struct.dataclass
@@ -219,22 +226,23 @@ class _Progress(periodic_actions.PeriodicAction):
 
 
 class _StopRequest:
-  """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step.
+  """SIGTERM / SIGINT ask the run to stop: before training at the end of restoring or compiling,
+  during training after the current step, with a checkpoint.
 
   In a multi-process job the processes must stop at the same step (checkpointing and
-  every step are collective), so they agree on it at log steps: a signal to any process
-  stops them all at the next one.
+  every step are collective), so they agree on it where all of them ask together: before
+  training and at log steps. A signal to any process stops them all.
   """
 
-  def __init__(self, log_every: int):
+  def __init__(self):
     self.signal = None
-    self._log_every = log_every
     self._previous = {}
 
-  def requested(self, step: int) -> bool:
+  def requested(self, agree: bool = True) -> bool:
+    """Whether to stop now; in a multi-process job only where every process asks (`agree`)."""
     if jax.process_count() == 1:
       return self.signal is not None
-    if step % self._log_every:
+    if not agree:
       return False
     self.signal = int(multihost_utils.process_allgather(np.int32(self.signal or 0)).max()) or None
     return self.signal is not None
@@ -300,6 +308,7 @@ class Steps(NamedTuple):
   first_batch: dict
   evaluate: Callable          # (state, step) -> eval metrics (decoding included when due)
   diagnose: Callable | None   # state -> diagnostics, or None when off
+  first_non_finite: Callable  # state -> path of its first non-finite leaf ('params/dense/kernel'), or None
 
 
 def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], name: str,
@@ -375,6 +384,32 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer) -> tuple[TrainStat
   return state, meta, timing.RunTimer(meta)
 
 
+def _leaf_name(path) -> str:
+  """'opt_state/0/mu/dense/kernel' for the key path .opt_state[0].mu['dense']['kernel']."""
+  return '/'.join(str(getattr(key, 'name', getattr(key, 'key', getattr(key, 'idx', key)))) for key in path)
+
+
+def finite_check(setup: Setup, state: TrainState) -> Callable[[TrainState], str | None]:
+  """state -> the path of its first non-finite float leaf, or None; one jitted reduction per leaf,
+  fetched as one vector of flags. Leaves in NON_FINITE_BY_DESIGN are not checked."""
+  flat = jax.tree_util.tree_flatten_with_path(setup.abstract_state)[0]
+  checked = [i for i, (path, leaf) in enumerate(flat) if jnp.issubdtype(leaf.dtype, jnp.inexact)
+             and not any(getattr(key, 'name', None) in NON_FINITE_BY_DESIGN for key in path)]
+  names = [_leaf_name(flat[i][0]) for i in checked]
+
+  def non_finite(state):
+    leaves = jax.tree.leaves(state)
+    return jnp.stack([jnp.logical_not(jnp.all(jnp.isfinite(leaves[i]))) for i in checked])
+
+  compiled = jax.jit(non_finite, in_shardings=(setup.shardings.state,),
+                     out_shardings=setup.shardings.replicated).lower(state).compile()
+
+  def first_non_finite(state) -> str | None:
+    flags = jax.device_get(compiled(state))
+    return names[int(np.argmax(flags))] if flags.any() else None
+  return first_non_finite
+
+
 def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer) -> Steps:
   """Compiles ahead of time, so that compilation is never charged to training."""
   task, shardings, intervals = setup.task, setup.shardings, setup.intervals
@@ -397,7 +432,9 @@ def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer) -> St
           out_shardings=shardings.replicated).lower(
               state.params, state.model_state, state.opt_state, diagnostic_batch).compile()
     diagnose = lambda state: compiled(state.params, state.model_state, state.opt_state, diagnostic_batch)
-  return Steps(train, train_data, first_batch, evaluate, diagnose)
+  with timer.pause('compile'):
+    first_non_finite = finite_check(setup, state)
+  return Steps(train, train_data, first_batch, evaluate, diagnose, first_non_finite)
 
 
 class _Evaluator:
@@ -449,12 +486,12 @@ class _Evaluator:
 
 
 def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timing.RunTimer,
-          writer, checkpointer: Checkpointer, summary: dict) -> tuple[TrainState, int, str]:
+          writer, checkpointer: Checkpointer, summary: dict, stop: _StopRequest) -> tuple[TrainState, int, str]:
   """The step loop, from `state` until the run completes, reaches its target (when asked to stop
   there), diverges or is interrupted; returns (state, step, status).
 
   Updates `meta` (the target bookkeeping a checkpoint keeps) and `summary` (final metrics,
-  where it diverged, which signal stopped it).
+  where it diverged and on what, which signal stopped it).
   """
   intervals, target, is_main = setup.intervals, setup.target, jax.process_index() == 0
   num_steps, step = intervals.num_steps, int(state.step)
@@ -467,121 +504,180 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
       values = jax.device_get(steps.diagnose(state))
     writer.write_scalars(step, {f'diagnostics/{k}': v for k, v in values.items()})
 
+  def diverged(at_step: int, metric: str | None, leaf: str | None) -> str:
+    summary.update(diverged_at_step=at_step, non_finite_metric=metric, non_finite_leaf=leaf)
+    return DIVERGED
+
   status, window, warned_roots = None, [], False
   if steps.diagnose and step == 0:
     log_diagnostics(state, step)
   timer.start_training()
   progress(step, timer.train_seconds)
-  with _StopRequest(intervals.log_every) as stop:
-    batch = steps.first_batch
-    while status is None:
-      state, metrics = steps.train(state, batch)
-      step += 1
-      window.append(metrics)
-      if len(window) > MAX_STEPS_IN_FLIGHT:
-        window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
-      if step < num_steps:
-        batch = partitioning.global_batch(next(steps.train_data), setup.shardings.batch)
-      stopping = stop.requested(step)
-      if step % intervals.log_every == 0 or step in flush_steps or stopping:
-        fetched = jax.device_get(window)
-        window = []
-        losses = np.array([m['loss'] for m in fetched])
-        if not np.all(np.isfinite(losses)):
-          bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-          summary['diverged_at_step'] = bad + 1
-          status = DIVERGED
-          break
-        # Window means, except counters and optimizer-state shares: their value at the window's end.
-        means = {k: float(fetched[-1][k] if k.endswith(AT_WINDOW_END) else np.mean([m[k] for m in fetched]))
-                 for k in fetched[0]}
-        summary['final_train'] = means
-        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-        progress.loss = means['loss']
-        if is_main and not warned_roots and _warn_on_failed_roots(means, step):
-          warned_roots = True
-      progress(step, timer.train_seconds)
-      if step % intervals.eval_every == 0 or step == num_steps:
-        with timer.pause('eval', state):
-          eval_metrics = steps.evaluate(state, step)
-        if not all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in eval_metrics.values()):
-          summary['diverged_at_step'] = step  # a finite train loss can still evaluate to inf
-          status = DIVERGED
-          break
-        summary['final_eval'] = eval_metrics
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-        if meta['steps_to_target'] is None and target.reached(eval_metrics):
-          meta['steps_to_target'] = step
-          meta['train_seconds_to_target'] = timer.train_seconds
-          if is_main:
-            print(f'target {target.metric} {target.direction} {target.value:g} reached at step {step}',
-                  flush=True)
-        if meta['steps_to_target'] is not None and intervals.stop_at_target:
-          status = REACHED_TARGET
-      if steps.diagnose and step % intervals.diagnostics_every == 0:
-        log_diagnostics(state, step)
-      if step % intervals.checkpoint_every == 0 or stopping or status or step == num_steps:
-        with timer.pause('checkpoint', state):
+  batch = steps.first_batch
+  while status is None:
+    state, metrics = steps.train(state, batch)
+    step += 1
+    window.append(metrics)
+    if len(window) > MAX_STEPS_IN_FLIGHT:
+      window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
+    if step < num_steps:
+      batch = partitioning.global_batch(next(steps.train_data), setup.shardings.batch)
+    stopping = stop.requested(agree=step % intervals.log_every == 0)
+    if step % intervals.log_every == 0 or step in flush_steps or stopping:
+      fetched = jax.device_get(window)
+      window = []
+      losses = np.array([m['loss'] for m in fetched])
+      if not np.all(np.isfinite(losses)):
+        bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+        status = diverged(bad + 1, 'train/loss', steps.first_non_finite(state))
+        break
+      # Window means, except counters and optimizer-state shares: their value at the window's end.
+      means = {k: float(fetched[-1][k] if k.endswith(AT_WINDOW_END) else np.mean([m[k] for m in fetched]))
+               for k in fetched[0]}
+      summary['final_train'] = means
+      writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+      progress.loss = means['loss']
+      if is_main and not warned_roots and _warn_on_failed_roots(means, step):
+        warned_roots = True
+    progress(step, timer.train_seconds)
+    if step % intervals.eval_every == 0 or step == num_steps:
+      with timer.pause('eval', state):
+        eval_metrics = steps.evaluate(state, step)
+      non_finite = [k for k, v in eval_metrics.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
+      if non_finite:  # a finite train loss can still evaluate to inf
+        status = diverged(step, f'eval/{non_finite[0]}', steps.first_non_finite(state))
+        break
+      summary['final_eval'] = eval_metrics
+      writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+      if meta['steps_to_target'] is None and target.reached(eval_metrics):
+        meta['steps_to_target'] = step
+        meta['train_seconds_to_target'] = timer.train_seconds
+        if is_main:
+          print(f'target {target.metric} {target.direction} {target.value:g} reached at step {step}',
+                flush=True)
+      if meta['steps_to_target'] is not None and intervals.stop_at_target:
+        status = REACHED_TARGET
+    if steps.diagnose and step % intervals.diagnostics_every == 0:
+      log_diagnostics(state, step)
+    if step % intervals.checkpoint_every == 0 or stopping or status or step == num_steps:
+      with timer.pause('checkpoint', state):
+        leaf = steps.first_non_finite(state)
+        if leaf is None:
           checkpointer.save(step, state, {**meta, **timer.totals()})
-      if stopping and status is None:
-        status = INTERRUPTED
-        summary['signal'] = signal.Signals(stop.signal).name
-      elif step == num_steps and status is None:
-        status = COMPLETED
-    timer.stop_training(state)
+      if leaf is not None:  # finite losses, but an update since the last save left a non-finite value
+        status = diverged(step, None, leaf)
+        break
+    if stopping and status is None:
+      status = INTERRUPTED
+      summary['signal'] = signal.Signals(stop.signal).name
+    elif step == num_steps and status is None:
+      status = COMPLETED
+  timer.stop_training(state)
   return state, step, status
+
+
+@contextlib.contextmanager
+def _before_training():
+  """A write the disk refuses before training is a workdir the run cannot use: a ConfigError, as for
+  a workdir that is not writable."""
+  try:
+    yield
+  except workdirs.WriteError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _quietly(close: Callable[[], None]) -> None:
+  """Closes after an error: a write failing then (the disk refusing again) adds nothing to it."""
+  with contextlib.suppress(workdirs.WriteError):
+    close()
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, name: str,
         devices: Sequence[jax.Device] | None = None) -> dict:
   """Trains `config` in `workdir` (resuming from its checkpoint) and returns the summary.
 
-  `devices` (default: all) is for tests and launchers that give a run a subset.
-  """
-  # ---- Set up: the config is checked and resolved once; only then is the workdir written.
-  setup = set_up(config, list(devices or jax.devices()), name)
-  is_main = jax.process_index() == 0
-  # One run per workdir: the lock is held until the run returns (or dies).
-  with workdirs.locked(workdir, enabled=is_main):
-    workdirs.prepare(workdir, config, write=is_main)
+  `devices` (default: all) is for tests and launchers that give a run a subset. A SIGTERM or
+  SIGINT before training (set-up, restore, compilation) ends the run once restored or compiled,
+  with status `interrupted` at the step it started from.
 
+  Raises:
+    ConfigError: the config, the devices or the workdir cannot serve the run (a write the disk
+      refused before training included); nothing was trained.
+    workdirs.WriteError: the disk refused a write during training; the run stopped, and the
+      checkpoints saved before stay.
+  """
+  with _StopRequest() as stop:
+    # ---- Set up: the config is checked and resolved once; only then is the workdir written.
+    setup = set_up(config, list(devices or jax.devices()), name)
+    is_main = jax.process_index() == 0
+    # One run per workdir: the lock is held until the run returns (or dies).
+    with workdirs.locked(workdir, enabled=is_main):
+      with _before_training():
+        workdirs.prepare(workdir, config, write=is_main)
+        checkpointer = Checkpointer(workdir, setup.keep_checkpoints)
+      try:
+        return _train_in(workdir, config, setup, checkpointer, stop, is_main)
+      except workdirs.WriteError as e:  # closed by now: the last saved step is the last good one
+        last = checkpointer.last_saved_step
+        kept = f'last good checkpoint: step {last}' if last is not None else 'no checkpoint saved yet'
+        raise workdirs.WriteError(f'{e}; {kept} in {workdir}') from None
+
+
+def _train_in(workdir: str, config: ml_collections.ConfigDict, setup: Setup, checkpointer: Checkpointer,
+              stop: _StopRequest, is_main: bool) -> dict:
+  """`run` from the locked, checked workdir on: restore, compile, train, summarize."""
+  with contextlib.ExitStack() as on_error:
+    on_error.callback(_quietly, checkpointer.close)
     # ---- Restore, or initialize.
-    checkpointer = Checkpointer(workdir, setup.keep_checkpoints)
-    state, meta, timer = restore_or_init(setup, checkpointer)
+    with _before_training():
+      state, meta, timer = restore_or_init(setup, checkpointer)
     start_step = int(state.step)
     stopped_at_target = setup.intervals.stop_at_target and meta['steps_to_target'] is not None
     finished = start_step >= setup.intervals.num_steps or stopped_at_target
     summary_path = os.path.join(workdir, workdirs.SUMMARY_FILE)
     if finished and os.path.exists(summary_path):
+      on_error.pop_all()
       checkpointer.close()
       logging.info('Run in %s is already finished at step %d; nothing to do', workdir, start_step)
       with open(summary_path) as f:
         return json.load(f)
-    if is_main:
-      writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
-    writer = writers.create(workdir, is_main, timer.totals)
-    if start_step == 0:
-      writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
-                            if isinstance(v, (int, float, str, bool))})
+    with _before_training():
+      if is_main:
+        writers.truncate_after(f'{workdir}/{writers.METRICS_FILE}', start_step)
+      writer = writers.create(workdir, is_main, timer.totals)
+      on_error.callback(_quietly, writer.close)
+      if start_step == 0:
+        writer.write_hparams({k: v for k, v in workdirs.flatten(config.to_dict()).items()
+                              if isinstance(v, (int, float, str, bool))})
 
     # ---- Compile, then train (or, killed after its last checkpoint but before summary.json,
-    # evaluate once more to rebuild the summary).
-    steps = compile_steps(setup, state, timer)
+    # evaluate once more to rebuild the summary). A signal before training stops the run here.
     summary = {**setup.summary, 'status': None, 'step': start_step, 'final_eval': None, 'final_train': None}
-    if finished:
-      step, status = start_step, REACHED_TARGET if stopped_at_target else COMPLETED
+    steps = None if stop.requested() else compile_steps(setup, state, timer)
+    step = start_step
+    if stop.requested():
+      status = INTERRUPTED
+      summary['signal'] = signal.Signals(stop.signal).name
+    elif finished:
+      status = REACHED_TARGET if stopped_at_target else COMPLETED
       with timer.pause('eval'):
         summary['final_eval'] = steps.evaluate(state, start_step)
     else:
-      state, step, status = train(setup, steps, state, meta, timer, writer, checkpointer, summary)
+      state, step, status = train(setup, steps, state, meta, timer, writer, checkpointer, summary, stop)
 
-    # ---- Finish: wait for the last checkpoint, close the writers, write summary.json.
+    on_error.pop_all()  # from here on a close that fails is the error
+
+  # ---- Finish: wait for the last checkpoint, close the writers, write summary.json.
+  try:
     checkpointer.close()
-    writer.flush()
-    writer.close()
-    summary.update(status=status, step=step, steps_to_target=meta['steps_to_target'],
-                   train_seconds_to_target=meta['train_seconds_to_target'],
-                   last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())
-    if is_main:
-      workdirs.write_json(summary_path, summary)
-    return summary
+  except workdirs.WriteError:
+    _quietly(writer.close)
+    raise
+  writer.flush()
+  writer.close()
+  summary.update(status=status, step=step, steps_to_target=meta['steps_to_target'],
+                 train_seconds_to_target=meta['train_seconds_to_target'],
+                 last_checkpoint_step=checkpointer.last_saved_step, **timer.totals())
+  if is_main:
+    workdirs.write_json(summary_path, summary)
+  return summary

@@ -1,6 +1,12 @@
-"""The run directory: locked by its run, checked before anything is written, JSON files written atomically."""
+"""The run directory: locked by its run, checked before anything is written, JSON files written atomically.
+
+A write the disk refuses (full, over quota, read-only, not ours) is one `WriteError` line naming the
+file and what it held, never a traceback: before training the run turns it into a `ConfigError`
+(a workdir it cannot use), during training it stops the run with the checkpoints written so far.
+"""
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -18,17 +24,39 @@ SUMMARY_FILE = 'summary.json'
 # into it (empty once released); launch/trial_status.py reads the same file to tell a running trial.
 LOCK_FILE = '.lock'
 LOCK_TRIES, LOCK_RETRY_SECONDS = 5, 0.05
+# What a disk that refuses a write raises: full (or a quota, or a file-size limit), read-only, not ours.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 # Settings that do not change the training trajectory: a resumed run may change them.
 RUN_CONTROL_KEYS = ('num_steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints',
                     'stop_at_target', 'target', 'eval_batch_size', 'data_dir', 'diagnostics')
 
 
+class WriteError(Exception):
+  """A file of the run that the disk would not take; the message names it and what it held."""
+
+
+def is_disk_error(error: BaseException) -> bool:
+  return isinstance(error, OSError) and error.errno in DISK_ERRNOS
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str):
+  """Turns the disk's refusal to take `what` (at `path`) into one WriteError line."""
+  try:
+    yield
+  except OSError as e:
+    if not is_disk_error(e):
+      raise
+    raise WriteError(f'cannot write {what} to {path}: {e.strerror}') from None
+
+
 def write_json(path: str, value) -> None:
   """Writes via a temporary file and a rename, so a reader never sees half a file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2, default=str)
-    f.write('\n')
-  os.replace(path + '.tmp', path)
+  with writing(os.path.basename(path), path):
+    with open(path + '.tmp', 'w') as f:
+      json.dump(value, f, indent=2, default=str)
+      f.write('\n')
+    os.replace(path + '.tmp', path)
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
@@ -88,13 +116,19 @@ class WorkdirLock:
   def __init__(self, workdir: str):
     _create(workdir)
     self.workdir = workdir
-    self._fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    path = os.path.join(workdir, LOCK_FILE)
     try:
-      self._acquire()
-    except BaseException:
-      os.close(self._fd)  # the lock file stays as its holder wrote it
-      self._fd = None
-      raise
+      self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        self._acquire()
+      except BaseException:
+        os.close(self._fd)  # the lock file stays as its holder wrote it
+        self._fd = None
+        raise
+    except OSError as e:  # always before training: a workdir the run cannot use
+      if not is_disk_error(e):
+        raise
+      raise ConfigError(f'cannot write the lock {path}: {e.strerror}') from None
 
   def _acquire(self) -> None:
     for attempt in range(LOCK_TRIES):
@@ -130,6 +164,9 @@ class WorkdirLock:
       return
     try:
       os.ftruncate(self._fd, 0)
+    except OSError as e:  # a disk turned read-only: the pid stays, and the next run takes the lock over
+      if not is_disk_error(e):
+        raise
     finally:
       os.close(self._fd)
       self._fd = None

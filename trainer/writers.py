@@ -8,19 +8,24 @@ against steps or against train-seconds without TensorBoard.
 An append cut short (a kill or a full disk mid-write) leaves a torn last line:
 it is dropped with a warning, and a resume recomputes it. A malformed line
 before the last is damage no append leaves, so it stops the run by name.
+A write the disk refuses, to either file, is one `WriteError` naming the file.
 """
 
 import collections
+import contextlib
 import json
 import os
+import re
 from typing import Callable, Mapping
 
 import numpy as np
+import tensorflow as tf  # clu's TensorBoard writer: its errors are TensorFlow's
 from absl import logging
 from clu import metric_writers
 from clu.metric_writers import interface
 
 from errors import ConfigError
+from trainer.workdir import WriteError, writing
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -40,7 +45,7 @@ class JsonlWriter(interface.MetricWriter):
         split, name = 'train', key
       by_split[split][name] = float(np.asarray(value))
     timers = self._timers()
-    with open(self._path, 'a') as f:
+    with writing(f'step {int(step)} metrics', self._path), open(self._path, 'a') as f:
       for split, values in by_split.items():
         f.write(json.dumps({'step': int(step), 'split': split, **values, **timers}) + '\n')
 
@@ -92,16 +97,49 @@ def truncate_after(path: str, step: int) -> None:
   with open(path, 'rb') as f:
     if f.read() == kept:
       return
-  with open(path + '.tmp', 'wb') as f:
-    f.write(kept)
-  os.replace(path + '.tmp', path)
+  with writing(f'the metrics up to step {step}', path):
+    with open(path + '.tmp', 'wb') as f:
+      f.write(kept)
+    os.replace(path + '.tmp', path)
+
+
+@contextlib.contextmanager
+def _writing_events(workdir: str):
+  """TensorBoard's writes, with a full or read-only disk one WriteError naming the events file.
+
+  TensorFlow reports the errno as a status: ENOSPC and EDQUOT as RESOURCE_EXHAUSTED, EFBIG as
+  OUT_OF_RANGE, EACCES, EPERM and EROFS as PERMISSION_DENIED; its message starts with the file's path.
+  """
+  try:
+    yield
+  except (tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError, tf.errors.PermissionDeniedError) as e:
+    line = re.sub(r'^\{\{.*?\}\}\s*', '', e.message.strip().splitlines()[0])  # less {{function_node ...}}
+    path, sep, reason = line.partition('; ')
+    where = f'to {path}: {reason}' if sep else f'in {workdir}: {path}'
+    raise WriteError(f'cannot write TensorBoard events {where}') from None
+
+
+class _TensorBoard:
+  """clu's TensorBoard writer, each of its methods under `_writing_events`."""
+
+  def __init__(self, writer: interface.MetricWriter, workdir: str):
+    self._writer, self._workdir = writer, workdir
+
+  def __getattr__(self, name: str):
+    method = getattr(self._writer, name)
+
+    def guarded(*args, **kwargs):
+      with _writing_events(self._workdir):
+        return method(*args, **kwargs)
+    return guarded
 
 
 def create(workdir: str, is_main_process: bool,
            timers: Callable[[], Mapping[str, float]]) -> interface.MetricWriter:
   """TensorBoard events + log lines (+ metrics.jsonl on the main process)."""
-  tensorboard = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main_process, asynchronous=False)
+  with _writing_events(workdir):
+    tensorboard = _TensorBoard(metric_writers.create_default_writer(
+        workdir, just_logging=not is_main_process, asynchronous=False), workdir)
   if not is_main_process:
     return tensorboard
   return metric_writers.MultiWriter(
