@@ -11,10 +11,11 @@ DEMO := runs/demo
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['test']))")
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,8 +9,10 @@ builder reads; a test keeps the two lists equal.
 COMMON = dict(
     learning_rate=1e-3,
     weight_decay=0.0,
-    weight_decay_mode='decoupled',  # decoupled (AdamW-style, scaled by lr) | coupled (L2 added to the gradient)
-    decay_rank1=False,              # also decay rank-1 parameters (biases, norm scales)
+    # decoupled (AdamW-style, scaled by lr) | coupled (L2 added to the gradient) | before_momentum (added to
+    # the direction before the optimizer's own momentum: Shampoo only, the reference's)
+    weight_decay_mode='decoupled',
+    decay_rank1=False,              # also decay rank-1 parameters (biases, norm scales); every mode honours it
     grad_clip_norm=0.0,             # global-norm clipping threshold; 0 disables
 )
 
@@ -29,17 +31,21 @@ BY_NAME = {
         diagonal_epsilon=1e-10,             # graft (Adagrad / RMSprop) denominator
         matrix_epsilon=1e-6,                # root damping
         relative_matrix_epsilon=True,       # damping x largest eigenvalue of the statistic
+        statistics_start_at_epsilon=False,  # statistics start at matrix_epsilon x I (the reference) instead of 0
         start_preconditioning_step=10,      # graft alone before this many updates
         preconditioning_compute_steps=1,    # refresh roots every k updates
         statistics_compute_steps=1,         # update statistics every k updates
         graft_type='rmsprop_normalized',    # none | sgd | adagrad | rmsprop | <those>_normalized
+        graft_granularity='block',          # block (a graft norm per block) | layer (per parameter: the reference)
         nesterov=True,
         moving_average_for_momentum=False,  # m = b1 m + (1-b1) u instead of b1 m + u
+        separate_graft_momentum=False,      # graft and Shampoo directions each with a momentum from step 0 (reference)
         exponent_override=0,                # root exponent p for every statistic; 0 = 2 x rank
         inverse_failure_threshold=0.1,      # Newton error above this keeps the previous root
         skip_preconditioning_dim_size_gt=4096,
         precondition_embeddings=False,      # statistics on the other dims of a parameter with a skipped dim
-        merge_small_dims_block_size=4096,
+        precondition_rank1=False,           # rank-1 parameters (biases, norm scales) get statistics too (reference)
+        merge_small_dims_block_size=4096,   # merge adjacent dims while their product stays <= this (1: never)
         root_method='newton',               # newton | eigh
         newton_iterations=100,
         newton_tolerance=1e-6,

@@ -4,7 +4,8 @@
         [--out=docs/scale.md] [--set KEY=VALUE ...]
 
 Each config's plan goes to `<root>/<name>/plan.json` (with the planner's output in plan.log and
-its wall time in plan_seconds.txt); results/scale.py renders them. A plan already in `<root>` is
+its wall time in plan_seconds.txt); results/scale.py renders them into `--out` below its marker
+line, keeping the page's prose above it. A plan already in `<root>` is
 kept, so a re-run only plans what is missing. Exit 0 when every plan was made (fitting or not:
 the table says), 1 when a planner failed.
 """
@@ -70,8 +71,15 @@ def main(argv: list[str]) -> int:
       print(f'{name}: {status}', flush=True)
       if code not in (0, 3):
         failed.append(name)
-  with open(args.out, 'w') as f:
-    f.write(scale.markdown(args.root, names, ' '.join(['python -m launch.plans', *sys.argv[1:]])))
+  try:
+    with open(args.out) as f:
+      page = f.read()
+  except FileNotFoundError:
+    page = ''
+  tables = scale.markdown(args.root, names, ' '.join(['python -m launch.plans', *argv]))
+  with open(args.out + '.tmp', 'w') as f:
+    f.write(scale.with_tables(page, tables))
+  os.replace(args.out + '.tmp', args.out)
   print(f'wrote {args.out}')
   return 1 if failed else 0
 

@@ -5,6 +5,10 @@ learning-rate schedule mean the same thing for all of them:
 
     clip by global norm -> [coupled weight decay] -> direction -> [decoupled weight decay] -> x -lr(step)
 
+Shampoo can also take the decay inside its direction, added before its momentum as the reference
+implementation does (weight_decay_mode='before_momentum'). Every mode leaves rank-1 parameters
+alone unless decay_rank1.
+
 An optimizer contributes only its *direction* (momentum, Adam's moments,
 Adagrad's accumulator, Shampoo's preconditioner, K-FAC's curvature...), a
 GradientTransformation built from its config block. One that needs the task's
@@ -29,7 +33,7 @@ from optimizers import shampoo
 
 # The fields every optimizer block has besides its own (defaults: configs/optimizer_defaults.py).
 COMMON_FIELDS = ('learning_rate', 'weight_decay', 'weight_decay_mode', 'decay_rank1', 'grad_clip_norm')
-WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
+WEIGHT_DECAY_MODES = ('decoupled', 'coupled', 'before_momentum')
 
 
 class Optimizer(NamedTuple):
@@ -44,6 +48,9 @@ class Optimizer(NamedTuple):
   needs_loss: bool = False
   # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio).
   owns_weight_decay: bool = False
+  # Whether `direction` adds the weight decay to its direction before its momentum when
+  # weight_decay_mode='before_momentum' (Shampoo); no other optimizer takes that mode.
+  decays_before_momentum: bool = False
   # Whether `direction` takes (cfg, stack_sharding): Shampoo shards its stacks of blocks and
   # statistics over the devices, padded to a multiple of their count.
   pads_stacks: bool = False
@@ -58,8 +65,10 @@ REGISTRY: dict[str, Optimizer] = {
     'shampoo': Optimizer(shampoo.FIELDS,
                          lambda cfg, sharding: shampoo.scale_by_shampoo(
                              stack_multiple=sharding.num_devices if sharding else 1, stack_sharding=sharding,
+                             weight_decay=cfg.weight_decay if cfg.weight_decay_mode == 'before_momentum' else 0.0,
+                             weight_decay_mask=first_order.decay_mask(cfg.decay_rank1),
                              **{k: cfg[k] for k in shampoo.FIELDS}),
-                         shampoo.metrics, shampoo.health, pads_stacks=True),
+                         shampoo.metrics, shampoo.health, pads_stacks=True, decays_before_momentum=True),
     'kfac': Optimizer(kfac.FIELDS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
 }
 
@@ -81,6 +90,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'the {cfg.name} optimizer block lacks {", ".join(sorted(missing))} '
                       f'(start it from configs.base.optimizer)')
   _check_common(cfg)
+  if cfg.weight_decay_mode == 'before_momentum' and not optimizer.decays_before_momentum:
+    takers = ', '.join(name for name, o in sorted(REGISTRY.items()) if o.decays_before_momentum)
+    raise ConfigError(f"optimizer.weight_decay_mode='before_momentum' is for {takers} only "
+                      f'(its momentum is inside its direction); {cfg.name}: choose coupled or decoupled')
 
 
 def _check_common(cfg: ml_collections.ConfigDict) -> None:

@@ -1,4 +1,7 @@
-"""docs/scale.md from planner workdirs (`<root>/<name>/plan.json`, written by `main.py --dry_run`)."""
+"""docs/scale.md's tables from planner workdirs (`<root>/<name>/plan.json`, written by `main.py --dry_run`).
+
+The page's prose stays as written: `with_tables` replaces what follows its MARKER line.
+"""
 
 import datetime
 import importlib.metadata
@@ -7,6 +10,7 @@ import os
 import platform
 
 GIB = 2 ** 30
+MARKER = '<!-- make plans writes everything below this line -->'
 
 
 def read_plan(workdir: str) -> dict | None:
@@ -44,7 +48,7 @@ def _machine() -> str:
 def markdown(root: str, names: list[str], command: str) -> str:
   """A summary table over the plans in `root`, then one table per config."""
   lines = [
-      '# Paper configs on their hardware',
+      '## Paper configs on their hardware',
       '',
       f'Planned {datetime.date.today().isoformat()} on {_machine()} by `{command}` (each config:',
       '`python main.py --config=configs/<name>.py:paper --dry_run`). Per device: XLA\'s memory analysis',
@@ -85,9 +89,18 @@ def markdown(root: str, names: list[str], command: str) -> str:
     if plan is not None:
       lines.append(f'- {name}: {plan["verdict"]}')
   if details:
-    lines += ['', '## Shampoo', '',
-              'Statistic stacks are padded with identity blocks to a multiple of the device count, so',
-              'each device holds and roots an equal share.', '',
+    lines += ['', '## Shampoo on its hardware', '',
+              'Blocks (real, and the padding that makes every stack a multiple of the device count, so',
+              'each device holds, updates and roots an equal share), the stacks by block shape and root',
+              'exponent with their padded length, bytes of statistics and roots together, and the cost',
+              'of one refresh of every root.', '',
               '| config | blocks | padding | stacks | statistics + roots | root refresh flops | per device |',
               '|---|---|---|---|---|---|---|', *details]
   return '\n'.join(lines) + '\n'
+
+
+def with_tables(page: str, tables: str) -> str:
+  """`page` with everything after its MARKER line replaced by `tables` (the marker appended first
+  when the page has none)."""
+  head = page.split(MARKER)[0].rstrip('\n')
+  return f'{head}\n\n{MARKER}\n\n{tables}' if head else f'{MARKER}\n\n{tables}'

@@ -110,6 +110,21 @@ def test_coupled_weight_decay_adds_l2_to_the_gradient():
   np.testing.assert_allclose(ours['b'], 2.0 - 0.1 * 0.5 * 2.0)
 
 
+@pytest.mark.parametrize('name,mode', [
+    ('sgd', 'coupled'), ('adam', 'decoupled'), ('adagrad', 'coupled'), ('lamb', 'decoupled'), ('lars', 'decoupled'),
+    ('shampoo', 'decoupled'), ('shampoo', 'before_momentum'),
+])
+def test_every_optimizer_decays_rank1_parameters_only_with_decay_rank1(name, mode):
+  """Zero gradients: the decay alone moves the parameters, a bias only when decay_rank1."""
+  params = {'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}
+  grads = jax.tree.map(jnp.zeros_like, params)
+  for decay_rank1 in (False, True):
+    cfg = base.optimizer(name, learning_rate=0.1, weight_decay=0.5, weight_decay_mode=mode, decay_rank1=decay_rank1)
+    moved = run_updates(cfg, params, grads)
+    assert not np.allclose(moved['w'], params['w'])
+    assert np.allclose(moved['b'], params['b']) != decay_rank1
+
+
 def test_clipping_bounds_the_update():
   cfg = base.optimizer('sgd', learning_rate=1.0, momentum=0.0, grad_clip_norm=1.0)
   ours = run_updates(cfg, {'w': jnp.zeros(4)}, {'w': jnp.full(4, 10.0)})
@@ -119,7 +134,8 @@ def test_clipping_bounds_the_update():
 @pytest.mark.parametrize('name,field,value', [
     ('adam', 'b2', 1.5), ('adam', 'eps', -1.0), ('sgd', 'momentum', -0.1),
     ('adagrad', 'initial_accumulator_value', -1.0), ('sgd', 'learning_rate', -0.1),
-    ('sgd', 'weight_decay_mode', 'sideways'), ('adam', 'learning_rate', float('nan')),
+    ('sgd', 'weight_decay_mode', 'sideways'), ('adam', 'weight_decay_mode', 'before_momentum'),
+    ('adam', 'learning_rate', float('nan')),
     ('adam', 'eps', float('inf')), ('sgd', 'weight_decay', float('nan')),
 ])
 def test_bad_hyperparameters_name_the_field(name, field, value):

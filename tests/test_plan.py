@@ -108,6 +108,10 @@ def test_the_scale_page_has_a_row_and_a_verdict_per_plan(tmp_path):
   assert '| lp_regression_shampoo | cpu |' in page
   assert f'- lp_regression_shampoo: {plan["verdict"]}' in page
   assert '| missing | no plan' in page and '## Shampoo' in page
+  prose = '# Planning\n\nHow to read the tables.\n'
+  written = scale.with_tables(prose, page)
+  assert written.startswith(prose) and written.endswith(page)
+  assert scale.with_tables(written, 'new tables\n') == f'{prose}\n{scale.MARKER}\n\nnew tables\n'
 
 
 def test_the_plans_launcher_refuses_an_unknown_config(capsys):

@@ -7,6 +7,7 @@ import pytest
 
 from configs import optimizer_defaults
 from errors import ConfigError
+from optimizers import first_order
 from optimizers import shampoo
 from trainer import partitioning
 
@@ -52,11 +53,12 @@ def gram(t, axis):
 
 
 def reference(grads, beta2=1.0, epsilon=1e-3, exponent_override=0, statistics_compute_steps=1,
-              refresh=lambda t: True):
-  """Float64 Shampoo directions of one block's gradient sequence (no grafting, momentum or delay)."""
+              refresh=lambda t: True, initial=0.0):
+  """Float64 Shampoo directions of one block's gradient sequence (no grafting, momentum or delay), its
+  statistics starting at `initial` x I."""
   grads = [np.asarray(g, np.float64) for g in grads]
   p = exponent_override or 2 * grads[0].ndim
-  stats = [np.zeros((d, d)) for d in grads[0].shape]
+  stats = [initial * np.eye(d) for d in grads[0].shape]
   roots = [np.eye(d) for d in grads[0].shape]  # the optimizer's roots before their first refresh
   directions = []
   for t, g in enumerate(grads):
@@ -109,11 +111,12 @@ def test_every_hyperparameter_is_required():
 def test_defaults():
   assert DEFAULTS == dict(
       block_size=128, beta1=0.9, beta2=0.999, diagonal_epsilon=1e-10, matrix_epsilon=1e-6,
-      relative_matrix_epsilon=True, start_preconditioning_step=10, preconditioning_compute_steps=1,
-      statistics_compute_steps=1, graft_type='rmsprop_normalized', nesterov=True,
-      moving_average_for_momentum=False, exponent_override=0, inverse_failure_threshold=0.1,
-      skip_preconditioning_dim_size_gt=4096, precondition_embeddings=False, merge_small_dims_block_size=4096, root_method='newton',
-      newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32')
+      relative_matrix_epsilon=True, statistics_start_at_epsilon=False, start_preconditioning_step=10,
+      preconditioning_compute_steps=1, statistics_compute_steps=1, graft_type='rmsprop_normalized',
+      graft_granularity='block', nesterov=True, moving_average_for_momentum=False, separate_graft_momentum=False,
+      exponent_override=0, inverse_failure_threshold=0.1, skip_preconditioning_dim_size_gt=4096,
+      precondition_embeddings=False, precondition_rank1=False, merge_small_dims_block_size=4096,
+      root_method='newton', newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32')
 
 
 @pytest.mark.parametrize('overrides', [
@@ -159,20 +162,28 @@ def test_block_size_covering_every_dim_is_no_blocking():
       np.testing.assert_array_equal(a[name], b[name])
 
 
-@pytest.mark.parametrize('graft_type', ['none', 'adagrad_normalized'])
-def test_blocks_are_preconditioned_and_grafted_independently(graft_type):
-  """8x10 in blocks of 4: 4x4 blocks and 4x2 ones (padded inside), each its own Shampoo and graft norm."""
+@pytest.mark.parametrize('graft_type,granularity', [('none', 'block'), ('adagrad_normalized', 'block'),
+                                                     ('adagrad_normalized', 'layer')])
+def test_blocks_are_preconditioned_and_grafted_independently(graft_type, granularity):
+  """8x10 in blocks of 4: 4x4 blocks and 4x2 ones (padded inside), each its own Shampoo; each its own
+  graft norm, or (layer) the whole parameter one."""
   grads = [g['w'] for g in random_grads({'w': (8, 10)}, steps=3)]
-  ours, _ = run([{'w': g} for g in grads], **{**PLAIN, 'block_size': 4, 'graft_type': graft_type})
+  ours, _ = run([{'w': g} for g in grads],
+                **{**PLAIN, 'block_size': 4, 'graft_type': graft_type, 'graft_granularity': granularity})
   grafted = graft(grads, graft_type)
+  expected = [np.zeros((8, 10)) for _ in range(3)]
   for r in range(0, 8, 4):
     for c in range(0, 10, 4):
       preconditioned = reference([g[r:r + 4, c:c + 4] for g in grads])
       for t in range(3):
-        expected = preconditioned[t]
-        if graft_type != 'none':
-          expected = rescale(expected, grafted[t][r:r + 4, c:c + 4])
-        assert_close(ours[t]['w'][r:r + 4, c:c + 4], expected, rtol=1e-3)
+        block = preconditioned[t]
+        if granularity == 'block' and graft_type != 'none':
+          block = rescale(block, grafted[t][r:r + 4, c:c + 4])
+        expected[t][r:r + 4, c:c + 4] = block
+  for t in range(3):
+    if granularity == 'layer':
+      expected[t] = rescale(expected[t], grafted[t])
+    assert_close(ours[t]['w'], expected[t], rtol=1e-3)
 
 
 @pytest.mark.parametrize('graft_type', ['sgd', 'adagrad', 'rmsprop', 'rmsprop_normalized'])
@@ -280,6 +291,63 @@ def test_rank1_and_oversized_params_get_the_graft_only(graft_type):
     assert_close(ours[t]['m'], expected, rtol=1e-3)
 
 
+def test_precondition_rank1_gives_vectors_statistics_and_scalars_the_graft():
+  """A bias with precondition_rank1: its 5x5 statistic, direction L^{-1/2} g; a scalar keeps the graft."""
+  grads = random_grads({'b': (5,), 's': ()}, steps=3)
+  ours, state = run(grads, **{**PLAIN, 'precondition_rank1': True, 'graft_type': 'sgd'})
+  assert {k: v.shape for k, v in state.stats.items()} == {'5_p2_m0': (1, 5, 5)}
+  preconditioned = reference([g['b'] for g in grads])
+  for t in range(3):
+    assert_close(ours[t]['b'], rescale(preconditioned[t], grads[t]['b']), rtol=1e-3)
+    np.testing.assert_array_equal(ours[t]['s'], grads[t]['s'])
+
+
+def test_statistics_start_at_epsilon():
+  """Real rows start at matrix_epsilon x I and the roots take it in; padding rows stay identities."""
+  grads = random_grads({'w': (6, 4)}, steps=3)
+  ours, state = run(grads, **{**PLAIN, 'statistics_start_at_epsilon': True})
+  expected = reference([g['w'] for g in grads], initial=1e-3)
+  for t in range(3):
+    assert_close(ours[t]['w'], expected[t], rtol=1e-3)
+  init = scale_by_shampoo(**{**PLAIN, 'statistics_start_at_epsilon': True}, stack_multiple=2).init(
+      {'w': jnp.zeros((6, 4))})
+  np.testing.assert_allclose(init.stats['6x4_p4_m1'], [1e-3 * np.eye(4), np.eye(4)])
+
+
+@pytest.mark.parametrize('separate', [False, True])
+def test_weight_decay_before_momentum(separate):
+  """The reference's rule: decay added to the (layer-)grafted direction, then Nesterov momentum; with
+  separate_graft_momentum the graft's and Shampoo's directions each keep a momentum from the first
+  update (roots from the first update too) and the step takes the graft's before the start. The
+  mask keeps the bias undecayed."""
+  beta1, decay, start = 0.8, 0.1, 2
+  shapes = {'w': (6, 4), 'b': (3,)}
+  grads = random_grads(shapes, steps=5)
+  params = {name: jnp.asarray(np.random.default_rng(1).standard_normal(s), jnp.float32) for name, s in shapes.items()}
+  tx = scale_by_shampoo(**{**PLAIN, 'graft_type': 'sgd', 'graft_granularity': 'layer', 'beta1': beta1,
+                           'start_preconditioning_step': start, 'separate_graft_momentum': separate},
+                        weight_decay=decay, weight_decay_mask=first_order.decay_mask(False))
+  state, update = tx.init(params), jax.jit(tx.update)
+  w = [g['w'] for g in grads]
+  preconditioned = reference(w, refresh=(lambda t: True) if separate else (lambda t: t >= start))
+  shampoo_m = graft_m = bias_m = 0.0
+  for t, g in enumerate(grads):
+    direction, state = update(g, state, params)
+    to_shampoo = rescale(preconditioned[t], w[t]) + decay * np.asarray(params['w'])
+    to_graft = w[t] + decay * np.asarray(params['w'])
+    if separate:
+      shampoo_m, graft_m = beta1 * shampoo_m + to_shampoo, beta1 * graft_m + to_graft
+      expected = beta1 * shampoo_m + to_shampoo if t >= start else beta1 * graft_m + to_graft
+    else:
+      chosen = to_shampoo if t >= start else to_graft
+      shampoo_m = beta1 * shampoo_m + chosen
+      expected = beta1 * shampoo_m + chosen
+    bias_m = beta1 * bias_m + g['b']
+    assert_close(direction['w'], expected, rtol=1e-3)
+    assert_close(direction['b'], beta1 * bias_m + g['b'], rtol=1e-5)
+  assert (state.graft_momentum is not None) == separate
+
+
 def test_precondition_embeddings_uses_the_small_dims_statistics_only():
   """A [9, 4] table above skip=5 with precondition_embeddings: G R^{-1/2}, R the 4x4 column statistic.
 
@@ -322,7 +390,7 @@ def test_precondition_embeddings_uses_the_small_dims_statistics_only():
 
 
 @pytest.mark.parametrize('field,value', [
-    ('block_size', 0), ('beta2', 1.5), ('beta1', -0.1), ('graft_type', 'nope'),
+    ('block_size', 0), ('beta2', 1.5), ('beta1', -0.1), ('graft_type', 'nope'), ('graft_granularity', 'row'),
     ('matrix_epsilon', -1.0), ('root_method', 'svd'), ('matrix_epsilon', float('nan')),
     ('inverse_failure_threshold', float('nan')),
 ])

@@ -81,3 +81,12 @@ def test_stack_then_unstack_gives_back_every_parameter():
   assert not np.asarray(stacks['4x4_p4'][10:]).any()  # 6 + 4 real blocks, then padding
   for x, layout in zip(arrays[:3], p.layouts):
     np.testing.assert_array_equal(blocking.unstack(stacks, layout), x)
+
+
+def test_blocks_of_a_table_without_row_statistics_are_neither_padded_nor_spread():
+  """A [40, 6] table (rows above the limit) is one block: padding its group to the device count
+  would add whole tables of zeros, so only the groups of fully preconditioned blocks are padded."""
+  p = blocking.plan([(40, 6), (6, 6)], {**DEFAULTS, **EMBEDDINGS}, multiple=8)
+  assert p.groups == {'40ux4_p2': (2, 2), '4x4_p4': (4, 8)}
+  assert not blocking.spread('40ux4_p2') and blocking.spread('4x4_p4')
+  assert p.sizes['40ux4_p2_m1'] == (2, 2)

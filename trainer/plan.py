@@ -105,16 +105,15 @@ def _shampoo(state, config, mesh_size: int) -> dict | None:
   if config.optimizer.name != 'shampoo':
     return None
   hp = {k: config.optimizer[k] for k in optimizers.shampoo.FIELDS}
-  sizes = optimizers.shampoo.stack_sizes([p.shape for p in jax.tree.leaves(state.params)], hp, mesh_size)
-  stacks, root_flops = {}, 0.0
-  for key, size in sizes.items():
-    block = optimizers.shampoo.blocking.bucket_size(key)
-    stacks[f'{block}x{block}'] = stacks.get(f'{block}x{block}', 0) + size.padded
-    root_flops += size.padded * _root_flops(block, optimizers.shampoo.blocking.bucket_exponent(key), config.optimizer)
+  blocking = optimizers.shampoo.blocking
+  layout = blocking.plan([p.shape for p in jax.tree.leaves(state.params)], hp, mesh_size)
+  root_flops = sum(size.padded * _root_flops(blocking.bucket_size(key), blocking.bucket_exponent(key), config.optimizer)
+                   for key, size in layout.sizes.items())
   shampoo_states = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optimizers.shampoo.ShampooState))
                     if isinstance(s, optimizers.shampoo.ShampooState)]
-  real = sum(size.real for size in sizes.values())
-  return {'blocks': real, 'padded_blocks': sum(size.padded for size in sizes.values()) - real, 'stacks': stacks,
+  real = sum(size.real for size in layout.groups.values())
+  return {'blocks': real, 'padded_blocks': sum(size.padded for size in layout.groups.values()) - real,
+          'stacks': {group: size.padded for group, size in layout.groups.items()},
           'statistics_bytes': sum(_nbytes([s.stats, s.roots]) for s in shampoo_states),
           'root_flops': root_flops, 'root_flops_per_device': root_flops / mesh_size}
 
@@ -196,7 +195,7 @@ def describe(plan: dict) -> str:
   if plan['shampoo']:
     s = plan['shampoo']
     stacks = ', '.join(f'{count} of {shape}' for shape, count in s['stacks'].items())
-    rows += [('shampoo blocks', f'{s["blocks"]} (+{s["padded_blocks"]} identity padding): {stacks}'),
+    rows += [('shampoo blocks', f'{s["blocks"]} (+{s["padded_blocks"]} padding): {stacks}'),
              ('shampoo statistics', f'{_gib(s["statistics_bytes"])} (statistics and roots)'),
              ('root refresh', f'{s["root_flops"]:.3g} flops at the iteration cap, '
                               f'{s["root_flops_per_device"]:.3g} per device')]

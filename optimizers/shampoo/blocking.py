@@ -19,6 +19,9 @@ import numpy as np
 
 
 def _merge_dims(shape: tuple[int, ...], limit: int) -> tuple[int, ...]:
+  """Adjacent dimensions merged left to right while their product stays <= `limit`, 1s dropped: the
+  reference's rule (precondition-opt's merge_small_dims; tested), but that a shape of 1s only merges
+  to () here (graft only), to [1] there."""
   merged: list[int] = []
   for d in (d for d in shape if d != 1):
     if merged and merged[-1] * d <= limit:
@@ -98,8 +101,16 @@ class Plan(NamedTuple):
     return next(layout.kept for layout in self.layouts if layout.group == group)
 
 
+def spread(group: str) -> bool:
+  """Whether the group's stacks are padded and split over the devices: not for blocks with a
+  dimension that gets no statistics (an embedding table, 40M x 128, is one block): padding those
+  would add whole tables of zeros, and the table is sharded as a parameter already."""
+  return 'u' not in group
+
+
 def plan(shapes, hp, multiple: int = 1) -> Plan:
-  """Every parameter's layout, and the stacks (padded to a multiple of `multiple`) it puts blocks in.
+  """Every parameter's layout, and the stacks (padded to a multiple of `multiple` where `spread`) it
+  puts blocks in.
 
   The blocks of all parameters with one block shape and exponent form one group, stacked
   [n, *block]; each preconditioned mode of the group has its stack of statistics [n, b, b] row
@@ -108,10 +119,11 @@ def plan(shapes, hp, multiple: int = 1) -> Plan:
   """
   layouts, counts, masks = [], {}, {}
   limit = hp['skip_preconditioning_dim_size_gt']
+  min_rank = 1 if hp['precondition_rank1'] else 2
   for shape in shapes:
     merged = _merge_dims(tuple(shape), hp['merge_small_dims_block_size'])
     kept = tuple(d <= limit for d in merged)
-    if len(shape) <= 1 or not any(kept) or (not all(kept) and not hp['precondition_embeddings']):
+    if len(shape) < min_rank or not any(kept) or (not all(kept) and not hp['precondition_embeddings']):
       layouts.append(Layout(tuple(shape), merged))
       continue
     block = tuple(min(d, hp['block_size']) if keep else d for d, keep in zip(merged, kept))
@@ -124,7 +136,7 @@ def plan(shapes, hp, multiple: int = 1) -> Plan:
         along = np.array([index[i] for index in itertools.product(*map(range, grid))])
         valid = np.where(along[:, None] == g - 1, (d - (g - 1) * b), b)
         masks.setdefault(statistic_key(group, i), []).append((np.arange(b)[None, :] >= valid).astype(np.float32))
-  groups = {key: StackSize(n, -(-n // multiple) * multiple) for key, n in counts.items()}
+  groups = {key: StackSize(n, -(-n // multiple) * multiple if spread(key) else n) for key, n in counts.items()}
   sizes = {key: groups[key.rsplit('_m', 1)[0]] for key in masks}
   return Plan(layouts, groups, sizes, {k: np.pad(np.concatenate(v), [(0, sizes[k].padded - sizes[k].real), (0, 0)])
                                        for k, v in masks.items()})
@@ -153,14 +165,14 @@ def preconditioner_kind(shape: tuple[int, ...], hp: dict) -> str:
 
 def stack(arrays, p: Plan, constrain=lambda x: x) -> dict[str, jnp.ndarray]:
   """Per group, the blocks of `arrays` (one per parameter, in order) stacked [padded, *block],
-  zero padding rows last; `constrain` places each stack (the trainer: sharded over the mesh)."""
+  zero padding rows last; `constrain` places each `spread` stack (the trainer: split over the mesh)."""
   parts = {key: [] for key in p.groups}
   for x, layout in zip(arrays, p.layouts):
     if layout.preconditioned:
       parts[layout.group].append(to_blocks(x, layout))
-  return {key: constrain(jnp.pad(jnp.concatenate(parts[key]),
-                                 [(0, size.padded - size.real)] + [(0, 0)] * (parts[key][0].ndim - 1)))
-          for key, size in p.groups.items()}
+  stacks = {key: jnp.pad(jnp.concatenate(parts[key]), [(0, size.padded - size.real)] + [(0, 0)] * (parts[key][0].ndim - 1))
+            for key, size in p.groups.items()}
+  return {key: constrain(x) if spread(key) else x for key, x in stacks.items()}
 
 
 def unstack(stacks: dict[str, jnp.ndarray], layout: Layout):

@@ -1,9 +1,11 @@
 """Grafting: the step size of a simple optimizer, the direction of Shampoo.
 
-Each block of the Shampoo direction is rescaled to the norm of the graft's direction for
-that block (each row, along a skipped dimension: a rarely seen embedding row keeps the
-graft's step size while its statistic turns the direction); before the preconditioning
-starts the graft direction is used alone.
+With `graft_granularity='block'` each block of the Shampoo direction is rescaled to the norm
+of the graft's direction for that block (each row, along a skipped dimension: a rarely seen
+embedding row keeps the graft's step size while its statistic turns the direction); with
+'layer' each parameter's whole direction takes the norm of its graft direction, as the
+reference implementation does. Before the preconditioning starts the graft direction is used
+alone.
 """
 
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from optimizers.shampoo import preconditioning
 
 GRAFT_TYPES = ('none', 'sgd', 'adagrad', 'rmsprop', 'sgd_normalized', 'adagrad_normalized',
                'rmsprop_normalized')
+GRANULARITIES = ('block', 'layer')
 
 
 def keeps_accumulators(graft_type: str) -> bool:
@@ -44,9 +47,14 @@ def _norm(x, axes):
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
 
-def rescale(preconditioned, graft_blocks, kept: tuple[bool, ...]):
-  """A group's `preconditioned` blocks scaled to the norms of the graft direction's blocks, per
-  block and per row of a skipped dimension (a zero block stays zero)."""
-  axes = tuple(1 + i for i, keep in enumerate(kept) if keep)
-  shampoo_norm = _norm(preconditioned, axes)
-  return preconditioned * jnp.where(shampoo_norm > 0, _norm(graft_blocks, axes) / shampoo_norm, 0.0)
+def block_axes(kept: tuple[bool, ...]) -> tuple[int, ...]:
+  """The axes of a group's [n, *block] stack that one block norm sums over: its kept modes, so a
+  skipped dimension gets a norm per row."""
+  return tuple(1 + i for i, keep in enumerate(kept) if keep)
+
+
+def rescale(direction, graft, axes=None):
+  """`direction` scaled to the norms of `graft` over `axes` (None: one norm for the whole array);
+  a zero part stays zero."""
+  shampoo_norm = _norm(direction, axes)
+  return direction * jnp.where(shampoo_norm > 0, _norm(graft, axes) / shampoo_norm, 0.0)

@@ -1,21 +1,23 @@
 """Shampoo with the practical ingredients of Anil et al. (2020), as an optax transformation.
 
-Written here from the paper (arXiv 2002.09018) and first principles.
+Written here from the paper (arXiv 2002.09018) and first principles. Options give the public
+reference implementation's semantics where they differ (configs/resnet50_shampoo.py:paper takes them;
+tests/test_shampoo_reference.py checks its updates against precondition-opt's).
 
 Per parameter, a static layout (`blocking`) decides how it is preconditioned:
   * dimensions of size 1 are dropped and adjacent small dimensions merged while their
     product stays <= `merge_small_dims_block_size` (conv [3,3,64,64] -> [576, 64]);
-  * parameters of rank <= 1 (biases, norm scales) get the graft direction only, and so
-    do those with a dimension above `skip_preconditioning_dim_size_gt` (embedding
-    tables), unless `precondition_embeddings`: then only their other dimensions get
-    statistics (a [vocab, d] table: one d x d statistic, shared by all rows), and
-    grafting sets the norm of each row (each slice along the skipped dimension), so a
+  * parameters of rank 0, and of rank 1 (biases, norm scales) unless `precondition_rank1`,
+    get the graft direction only, and so do those with a dimension above
+    `skip_preconditioning_dim_size_gt` (embedding tables), unless `precondition_embeddings`:
+    then only their other dimensions get statistics (a [vocab, d] table: one d x d
+    statistic, shared by all rows), and grafting sets the norm of each row (each slice along the skipped dimension), so a
     rarely seen row keeps the graft's step size while the statistic turns its direction;
   * the others are cut into blocks of at most `block_size` per dimension (the last block
     zero-padded; a skipped dimension is one block); a block with k preconditioned
     dimensions has k statistics L_i <- beta2 L_i + (1-beta2) G_(i) G_(i)^T (beta2 = 1:
-    plain sums), and its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k}
-    (`preconditioning`).
+    plain sums; from 0, or from `matrix_epsilon` I when `statistics_start_at_epsilon`), and
+    its direction is G x_1 L_1^{-1/2k} ... x_k L_k^{-1/2k} (`preconditioning`).
 
 Blocks of all parameters are stacked per group (block shape, exponent) into [n, *block]
 arrays, and each preconditioned mode of a group has a [n, b, b] stack of statistics and
@@ -25,17 +27,22 @@ pads each stack to a multiple of it (zero blocks, identity statistics) and `stac
 splits the blocks and their statistics alike over all devices: each device updates, roots
 and preconditions its own rows, and only the preconditioned directions are gathered, as in
 the paper's distributed design. The padding gets no statistics, preconditions nothing and
-is left out of `health` and `metrics`.
+is left out of `health` and `metrics`. Blocks with a dimension that gets no statistics (an
+embedding table, one block) are neither padded nor split: their parameter's sharding governs.
 
 Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), damped by
 `matrix_epsilon` (times the largest eigenvalue, by power iteration, when
 `relative_matrix_epsilon`); a root with
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
 refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
-updates, inside the jitted step with `lax.cond` (never before the start: unused there).
+updates, inside the jitted step with `lax.cond` (before the start only with
+`separate_graft_momentum`: unused there otherwise).
 Grafting (`grafting`) rescales each block of the Shampoo direction to the norm of the graft's
-direction for that block (each row, along a skipped dimension); before
-`start_preconditioning_step` the graft direction is used alone.
+direction for that block (each row, along a skipped dimension), or with
+`graft_granularity='layer'` each parameter's. Before `start_preconditioning_step` the graft
+direction is used. The momentum runs over the direction in use, or with
+`separate_graft_momentum` one over the graft direction and one over Shampoo's, both from the
+first update, the step taking the graft's before the start and Shampoo's from it.
 """
 
 import re
@@ -54,10 +61,11 @@ from optimizers.shampoo import roots as roots_lib
 # The hyperparameters scale_by_shampoo takes, all of them required; their defaults and meanings:
 # configs/optimizer_defaults.py.
 FIELDS = ('block_size', 'beta1', 'beta2', 'diagonal_epsilon', 'matrix_epsilon', 'relative_matrix_epsilon',
-          'start_preconditioning_step', 'preconditioning_compute_steps', 'statistics_compute_steps', 'graft_type',
-          'nesterov', 'moving_average_for_momentum', 'exponent_override', 'inverse_failure_threshold',
-          'skip_preconditioning_dim_size_gt', 'precondition_embeddings', 'merge_small_dims_block_size',
-          'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype')
+          'statistics_start_at_epsilon', 'start_preconditioning_step', 'preconditioning_compute_steps',
+          'statistics_compute_steps', 'graft_type', 'graft_granularity', 'nesterov', 'moving_average_for_momentum',
+          'separate_graft_momentum', 'exponent_override', 'inverse_failure_threshold',
+          'skip_preconditioning_dim_size_gt', 'precondition_embeddings', 'precondition_rank1',
+          'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -78,8 +86,8 @@ def _validate(hp: dict) -> None:
     check_range(hp, field, 1, None)
   if not hp['inverse_failure_threshold'] > 0:  # NaN too
     raise ConfigError(f'optimizer.inverse_failure_threshold={hp["inverse_failure_threshold"]} must be > 0')
-  for field, choices in (('graft_type', grafting.GRAFT_TYPES), ('root_method', roots_lib.ROOT_METHODS),
-                         ('statistics_dtype', tuple(DTYPES))):
+  for field, choices in (('graft_type', grafting.GRAFT_TYPES), ('graft_granularity', grafting.GRANULARITIES),
+                         ('root_method', roots_lib.ROOT_METHODS), ('statistics_dtype', tuple(DTYPES))):
     if hp[field] not in choices:
       raise ConfigError(f'optimizer.{field}={hp[field]!r}: choose one of {", ".join(choices)}')
 
@@ -95,7 +103,8 @@ class ShampooState(NamedTuple):
   rooted: dict[str, jax.Array]  # statistic key -> [n] whether the matrix ever got a root (else: identity)
   padding: dict[str, jax.Array]  # statistic key -> [n] True for the identity matrices that pad the stack
   graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
-  momentum: Any               # per-parameter momentum, or None
+  momentum: Any               # per-parameter momentum (of the Shampoo direction when separate), or None
+  graft_momentum: Any         # per-parameter momentum of the graft direction (separate_graft_momentum), or None
 
 
 # The fields of ShampooState with a row per block of a group: padded to `stack_multiple` rows.
@@ -109,13 +118,16 @@ def is_stack(path: str) -> bool:
 
 
 def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sharding | None = None,
+                     weight_decay: float = 0.0, weight_decay_mask=None,
                      **hyperparameters) -> optax.GradientTransformation:
   """Shampoo's (grafted, momentum) direction; chain with a learning rate to step.
 
   Each stack is padded to a multiple of `stack_multiple`, the number of devices the trainer
   shards it over along its first axis with `stack_sharding` (which the update also gives the
   stacks of blocks it builds, so each device works on its rows only); the direction depends on
-  neither.
+  neither. `weight_decay` x the parameter is added to the grafted direction before the momentum
+  (the reference's coupled decay: optimizer.weight_decay_mode='before_momentum'), where
+  `weight_decay_mask` (params -> tree of bools; None: everywhere) says so.
   """
   hp = dict(hyperparameters)
   _validate(hp)
@@ -124,6 +136,9 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
   dtype = DTYPES[hp['statistics_dtype']]
   beta1, beta2 = hp['beta1'], hp['beta2']
   start = hp['start_preconditioning_step']
+  separate = beta1 > 0 and hp['separate_graft_momentum']
+  layerwise = hp['graft_granularity'] == 'layer' and hp['graft_type'] != 'none'
+  initial = hp['matrix_epsilon'] if hp['statistics_start_at_epsilon'] else 0.0
   constrain = ((lambda x: x) if stack_sharding is None
                else lambda x: jax.lax.with_sharding_constraint(x, stack_sharding))
 
@@ -133,7 +148,8 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
     eye = {k: jnp.broadcast_to(jnp.eye(blocking.bucket_size(k), dtype=dtype),
                                (size.padded, blocking.bucket_size(k), blocking.bucket_size(k)))
            for k, size in sizes.items()}
-    stats = {k: jnp.where(size.padding[:, None, None], eye[k], 0).astype(dtype) for k, size in sizes.items()}
+    stats = {k: jnp.where(size.padding[:, None, None], eye[k], initial * eye[k]).astype(dtype)
+             for k, size in sizes.items()}
     per_param = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     return ShampooState(
         count=jnp.zeros((), jnp.int32), stats=stats, roots=eye,
@@ -143,10 +159,15 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
         rooted={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
         padding={k: jnp.asarray(size.padding) for k, size in sizes.items()},
         graft=per_param() if grafting.keeps_accumulators(hp['graft_type']) else None,
-        momentum=per_param() if beta1 > 0 else None)
+        momentum=per_param() if beta1 > 0 else None, graft_momentum=per_param() if separate else None)
+
+  def momentum(buffers, directions):
+    """The momentum buffers updated with `directions`, and the step they give (Nesterov or not)."""
+    fresh = (1 - beta1) if hp['moving_average_for_momentum'] else 1.0
+    buffers = [beta1 * m + fresh * d for m, d in zip(jax.tree.leaves(buffers), directions)]
+    return ([beta1 * m + fresh * d for m, d in zip(buffers, directions)] if hp['nesterov'] else buffers), buffers
 
   def update_fn(updates, state, params=None):
-    del params
     leaves, treedef = jax.tree.flatten(updates)
     p = blocking.plan([g.shape for g in leaves], hp, stack_multiple)
     grads = [g.astype(jnp.float32) for g in leaves]
@@ -157,8 +178,11 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
                          lambda s: preconditioning.update_statistics(s, blocks, p, beta2, dtype),
                          lambda s: s, state.stats)
 
-    # Roots are only used from `start` on: none before, one at `start`, then every k updates.
-    refresh = (count >= start) & ((count % hp['preconditioning_compute_steps'] == 0) | (count == start))
+    # Roots at `start`, then every k updates; none before it (unused there) unless Shampoo's
+    # direction keeps its own momentum from the first update.
+    refresh = (count % hp['preconditioning_compute_steps'] == 0) | (count == start)
+    if not separate:
+      refresh &= count >= start
     roots, root_errors, succeeded = jax.lax.cond(
         refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], p.masks, hp, dtype),
         lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3])),
@@ -169,24 +193,42 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
     graft, accumulators = grafting.directions(
         grads, jax.tree.leaves(state.graft) if state.graft is not None else None, count,
         graft_type=hp['graft_type'], beta2=beta2, epsilon=hp['diagonal_epsilon'])
-    graft_blocks = blocking.stack(graft, p, constrain) if hp['graft_type'] != 'none' else None
+    blockwise = hp['graft_type'] != 'none' and not layerwise
+    graft_blocks = blocking.stack(graft, p, constrain) if blockwise else None
     preconditioned = {}
     for group, group_blocks in blocks.items():
       kept = p.kept(group)
       direction = preconditioning.precondition(group_blocks, group, kept, roots)
-      if graft_blocks is not None:
-        direction = grafting.rescale(direction, graft_blocks[group], kept)
-      preconditioned[group] = constrain(direction)
-    directions = [jnp.where(count >= start, blocking.unstack(preconditioned, layout), g_graft)
-                  if layout.preconditioned else g_graft for g_graft, layout in zip(graft, p.layouts)]
+      if blockwise:
+        direction = grafting.rescale(direction, graft_blocks[group], grafting.block_axes(kept))
+      preconditioned[group] = constrain(direction) if blocking.spread(group) else direction
+    shampoo_directions = [
+        (grafting.rescale(blocking.unstack(preconditioned, layout), g_graft) if layerwise
+         else blocking.unstack(preconditioned, layout)) if layout.preconditioned else g_graft
+        for g_graft, layout in zip(graft, p.layouts)]
 
-    momentum = None
-    if beta1 > 0:
-      fresh = (1 - beta1) if hp['moving_average_for_momentum'] else 1.0
-      momentum = [beta1 * m + fresh * d for m, d in zip(jax.tree.leaves(state.momentum), directions)]
-      directions = ([beta1 * m + fresh * d for m, d in zip(momentum, directions)]
-                    if hp['nesterov'] else momentum)
-      momentum = jax.tree.unflatten(treedef, momentum)
+    if weight_decay > 0:
+      if params is None:
+        raise ValueError(optax.NO_PARAMS_MSG)
+      weights = jax.tree.leaves(params)
+      mask = jax.tree.leaves(weight_decay_mask(params)) if weight_decay_mask else [True] * len(weights)
+      decay = lambda directions: [d + weight_decay * w.astype(jnp.float32) if keep else d
+                                  for d, w, keep in zip(directions, weights, mask)]
+      graft, shampoo_directions = decay(graft), decay(shampoo_directions)
+
+    started = count >= start
+    choose = lambda shampoo_steps, graft_steps: [
+        jnp.where(started, s, g) if layout.preconditioned else g
+        for s, g, layout in zip(shampoo_steps, graft_steps, p.layouts)]
+    shampoo_momentum = graft_momentum = None
+    if separate:  # each direction its own momentum from the first update; the step takes one of them
+      shampoo_steps, shampoo_momentum = momentum(state.momentum, shampoo_directions)
+      graft_steps, graft_momentum = momentum(state.graft_momentum, graft)
+      directions = choose(shampoo_steps, graft_steps)
+    elif beta1 > 0:
+      directions, shampoo_momentum = momentum(state.momentum, choose(shampoo_directions, graft))
+    else:
+      directions = choose(shampoo_directions, graft)
 
     new_state = ShampooState(
         count=count + 1, stats=stats, roots=roots, root_errors=root_errors,
@@ -195,7 +237,8 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
         root_refreshes=state.root_refreshes + refresh.astype(jnp.int32),
         rooted=jax.tree.map(jnp.logical_or, state.rooted, succeeded), padding=state.padding,
         graft=jax.tree.unflatten(treedef, accumulators) if accumulators is not None else None,
-        momentum=momentum)
+        momentum=None if shampoo_momentum is None else jax.tree.unflatten(treedef, shampoo_momentum),
+        graft_momentum=None if graft_momentum is None else jax.tree.unflatten(treedef, graft_momentum))
     out = [d.astype(g.dtype) for d, g in zip(directions, leaves)]
     return jax.tree.unflatten(treedef, out), new_state
 
