@@ -150,6 +150,8 @@ def preset_fields(task: ml_collections.ConfigDict, presets: dict[str, dict]) -> 
     explicit = task[name] >= 0 if 'dropout' in name else task[name] > 0
     if explicit:
       fields[name] = task[name]
+    if 'dropout' in name and not fields[name] < 1:  # a rate of 1 or more drops everything
+      raise ConfigError(f'task.{name}={fields[name]} must be in [0, 1)')
   if 'hidden' in fields and task.hidden <= 0:
     fields['hidden'] = preset['hidden'] * fields['features'] // preset['features']
   return fields

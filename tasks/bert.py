@@ -114,6 +114,8 @@ class Pretraining(Task):
     task = config.task
     model = model_config(config)
     layers.check_sizes(model.features, model.num_heads, task.dtype)
+    if task.vocab_size < 1:
+      raise ConfigError(f'task.vocab_size={task.vocab_size} must be >= 1')
     if not 0 < task.max_predictions_per_seq < task.max_seq_length:
       raise ConfigError(f'task.max_predictions_per_seq={task.max_predictions_per_seq} must be in '
                         f'[1, max_seq_length={task.max_seq_length})')

@@ -91,6 +91,11 @@ class ClickThrough(Task):
     criteo.check_table_sizes(sizes)
     if task.row_multiple < 1:
       raise ConfigError(f'task.row_multiple={task.row_multiple} must be >= 1')
+    if min((task.embedding_dim, *task.bottom_mlp, *task.top_mlp)) < 1:
+      raise ConfigError(f'task.embedding_dim={task.embedding_dim}, task.bottom_mlp={tuple(task.bottom_mlp)} and '
+                        f'task.top_mlp={tuple(task.top_mlp)} must be positive sizes')
+    if task.max_eval_examples < 0:
+      raise ConfigError(f'task.max_eval_examples={task.max_eval_examples} must be >= 0 (0 = the whole eval split)')
     self.model = Dlrm(ModelConfig(sizes, task.embedding_dim, tuple(task.bottom_mlp), tuple(task.top_mlp),
                                   width_ratio(config, self.width), task.row_multiple))
     # Width is the MLPs' (they grow together); the embedding dimension is fixed. So the tables are

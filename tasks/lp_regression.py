@@ -69,6 +69,12 @@ class LpRegression(Task):
       raise ConfigError(f'task.activation={task.activation!r}: choose one of {", ".join(ACTIVATIONS)}')
     if task.num_features < 1:
       raise ConfigError(f'task.num_features={task.num_features} must be positive')
+    if task.width < 0:
+      raise ConfigError(f'task.width={task.width} must be >= 0 (0 = the number of features)')
+    if not 0 < task.eval_fraction < 1:
+      raise ConfigError(f'task.eval_fraction={task.eval_fraction} must be in (0, 1): both splits need examples')
+    if task.num_examples < 1:
+      raise ConfigError(f'task.num_examples={task.num_examples} must be positive')
     last = task.depth - 1
     self.parameter_roles = ((r'layer0/kernel', 'input' if last else 'fixed'),
                             (f'layer{last}/kernel', 'output'), (r'layer\d+/kernel', 'hidden'))
@@ -90,6 +96,11 @@ class LpRegression(Task):
       if num_features != task.num_features:
         raise ConfigError(f'the data in {self.data_dir} has {num_features} features, but '
                           f'task.num_features={task.num_features}: set task.num_features={num_features}')
+      num_train = len(splits[0]['y'])
+      if num_train < self.config.global_batch_size:
+        raise ConfigError(f'the data in {self.data_dir} leaves {num_train} training examples at '
+                          f'task.eval_fraction={task.eval_fraction}, fewer than '
+                          f'global_batch_size={self.config.global_batch_size}')
       self._splits = splits
     return self._splits
 

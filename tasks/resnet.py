@@ -156,6 +156,8 @@ class ImageClassification(Task):
                         f'task.num_classes={task.num_classes} must be positive')
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
+    if task.max_eval_examples < 0:
+      raise ConfigError(f'task.max_eval_examples={task.max_eval_examples} must be >= 0 (0 = the whole split)')
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.tfds_dir))
     stage_sizes, block = MODELS[task.model]
     self.model = ResNet(ModelConfig(stage_sizes, block, task.width, task.num_classes, task.stem, task.dtype,

@@ -153,6 +153,9 @@ class Translation(Task):
     layers.check_sizes(model.features, model.num_heads, task.dtype)
     if not 0 <= task.label_smoothing < 1:
       raise ConfigError(f'task.label_smoothing={task.label_smoothing} must be in [0, 1)')
+    for field in ('vocab_size', 'max_length', 'eval_max_length', 'bleu_every', 'beam_size', 'max_decode_length'):
+      if task[field] < 1:
+        raise ConfigError(f'task.{field}={task[field]} must be >= 1')
     if task.train_shards < 0 or (task.train_shards and config.global_batch_size % task.train_shards):
       raise ConfigError(f'task.train_shards={task.train_shards} must be 0 or divide '
                         f'global_batch_size={config.global_batch_size}')

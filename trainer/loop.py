@@ -92,6 +92,19 @@ def _check_finite(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'{key}={value} must be a finite number')
 
 
+def _check_data_dir(data_dir: str) -> None:
+  """Tasks make their data folders under data_dir: a file there would fail deep in a reader."""
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise ConfigError(f'data_dir={data_dir} exists and is not a directory')
+
+
+def _check_seed(seed: int) -> None:
+  """A PRNG key holds 32 bits of the seed and numpy's shuffles refuse negative ones: outside
+  [0, 2**32) a seed would alias another run's or fail only once data flows."""
+  if not 0 <= seed < 2 ** 32:
+    raise ConfigError(f'seed={seed} must be in [0, 2**32)')
+
+
 def _check_steps_and_batch(config, mesh_shape: dict[str, int], process_count: int) -> None:
   for field in ('num_steps', 'eval_every', 'log_every', 'checkpoint_every', 'keep_checkpoints',
                 'global_batch_size', 'eval_batch_size', 'grad_accum_steps'):
@@ -323,15 +336,17 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
   target = Target.from_config(config.target, task.eval_metric_names)
   mesh = partitioning.make_mesh(config.mesh, devices)
   _check_steps_and_batch(config, dict(mesh.shape), len({d.process_index for d in devices}))
+  _check_seed(config.seed)
   diagnostics.check(config.diagnostics)
   schedule = optimizers.schedules.build(config.schedule, config.optimizer.learning_rate, config.num_steps)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  if with_data:
-    task.prepare_data()  # the data exists (generated where the config says so) and agrees with the config
   abstract_boxed = jax.eval_shape(task.init, init_rng)  # from the config alone: reads no data
   multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
   tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers,
                         stack_sharding=partitioning.stack_sharding(mesh))
+  if with_data:  # after the optimizer's checks: a bad setting is refused before any data is generated
+    _check_data_dir(os.path.expanduser(config.data_dir))
+    task.prepare_data()  # the data exists (generated where the config says so) and agrees with the config
 
   def init_state(rng) -> TrainState:
     params, model_state = nn.unbox(task.init(init_rng))
