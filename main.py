@@ -18,6 +18,7 @@ import logging as std_logging
 import os
 import signal
 import sys
+import warnings
 
 # Before anything imports TensorFlow (it only runs the input pipelines): its C++ start-up
 # chatter off. TensorFlow >= 2.19 logs the oneDNN notice whatever TF_CPP_MIN_LOG_LEVEL says, and
@@ -147,6 +148,7 @@ def main(argv: list[str]) -> None:
     # The failed save's unfinished tasks report themselves again when collected at exit.
     std_logging.disable()
     sys.unraisablehook = lambda unraisable: None
+    warnings.filterwarnings('ignore', 'coroutine .* was never awaited', RuntimeWarning)
     _fail(str(e), EXIT_STOPPED)
   status = summary['status']
   print(f'{name}-{config.size}: {status} at step {summary["step"]}; '
