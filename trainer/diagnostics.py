@@ -86,10 +86,6 @@ def r_med(diagonal: jax.Array) -> jax.Array:
   return jnp.max(jnp.where(live, flat, -jnp.inf)) / jnp.nanmedian(jnp.where(live, flat, jnp.nan))
 
 
-def _name(path) -> str:
-  return '/'.join(str(getattr(key, 'key', getattr(key, 'idx', key))) for key in path)
-
-
 def shampoo_conditioning(opt_state, matrix_epsilon: float) -> dict[str, jax.Array]:
   """Shampoo's preconditioner health: log10 condition numbers of its statistics, root errors.
 
@@ -132,7 +128,7 @@ def build(task, cfg: ml_collections.ConfigDict, optimizer_cfg: ml_collections.Co
                'hessian_zero_fraction': jnp.mean(flat == 0)}
     for path, d in jax.tree_util.tree_flatten_with_path(diagonal)[0]:
       if np.prod(d.shape) > 1:
-        metrics[f'r_med/{_name(path)}'] = r_med(d)
+        metrics[f'r_med/{jax.tree_util.keystr(path, simple=True, separator="/")}'] = r_med(d)
     if optimizer_cfg.name == 'shampoo':
       metrics.update(shampoo_conditioning(opt_state, optimizer_cfg.matrix_epsilon))
     return metrics

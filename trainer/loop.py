@@ -399,18 +399,13 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer) -> tuple[TrainStat
   return state, meta, timing.RunTimer(meta)
 
 
-def _leaf_name(path) -> str:
-  """'opt_state/0/mu/dense/kernel' for the key path .opt_state[0].mu['dense']['kernel']."""
-  return '/'.join(str(getattr(key, 'name', getattr(key, 'key', getattr(key, 'idx', key)))) for key in path)
-
-
 def finite_check(setup: Setup, state: TrainState) -> Callable[[TrainState], str | None]:
   """state -> the path of its first non-finite float leaf, or None; one jitted reduction per leaf,
   fetched as one vector of flags. Leaves in NON_FINITE_BY_DESIGN are not checked."""
   flat = jax.tree_util.tree_flatten_with_path(setup.abstract_state)[0]
   checked = [i for i, (path, leaf) in enumerate(flat) if jnp.issubdtype(leaf.dtype, jnp.inexact)
              and not any(getattr(key, 'name', None) in NON_FINITE_BY_DESIGN for key in path)]
-  names = [_leaf_name(flat[i][0]) for i in checked]
+  names = [jax.tree_util.keystr(flat[i][0], simple=True, separator='/') for i in checked]
 
   def non_finite(state):
     leaves = jax.tree.leaves(state)
