@@ -19,6 +19,21 @@ COMMON = dict(
 BY_NAME = {
     'sgd': dict(momentum=0.9, nesterov=False),
     'adam': dict(b1=0.9, b2=0.999, eps=1e-8),
+    # Adam with decoupled weight decay (Loshchilov & Hutter 2019): Adam's defaults; the weight decay
+    # is set in each config, as for every optimizer.
+    'adamw': dict(b1=0.9, b2=0.999, eps=1e-8),
+    # AlgoPerf's NAdamW baseline (Dahl et al. 2023; mlcommons/algorithmic-efficiency,
+    # prize_qualification_baselines): eps 1e-8; its b1, b2 and weight decay are set in the configs.
+    'nadamw': dict(b1=0.9, b2=0.999, eps=1e-8),
+    # Muon (Keller Jordan, github.com/KellerJordan/Muon and kellerjordan.github.io/posts/muon):
+    # Nesterov momentum 0.95, 5 Newton-Schulz steps with its quintic coefficients (3.4445, -4.7750,
+    # 2.0315); its auxiliary Adam: betas (0.9, 0.95), eps 1e-10, learning rate 3e-4 against Muon's
+    # 0.02 (ratio 0.015). adam_paths: leaves whose path contains one of these take Adam, as the
+    # README says (embeddings, classifier heads, a ConvNet's first conv), named as tasks/ names
+    # them; configs add a task's own (DLRM's last top layer).
+    'muon': dict(momentum=0.95, nesterov=True, ns_coeffs=(3.4445, -4.7750, 2.0315), ns_steps=5,
+                 adam_paths=('embed', 'table_', 'stem_conv', 'head', 'classifier'),
+                 adam_learning_rate_ratio=0.015, b1=0.9, b2=0.95, eps=1e-10),
     'adagrad': dict(initial_accumulator_value=0.1, eps=1e-7),
     # You et al. 2020 (LAMB), as in the MLPerf BERT reference: eps 1e-6.
     'lamb': dict(b1=0.9, b2=0.999, eps=1e-6),
@@ -65,5 +80,17 @@ BY_NAME = {
         damping_adaptation_interval=5,     # steps between adaptations (kfac-jax's default)
         damping_adaptation_decay=0.9,      # damping x or / decay**interval when rho > 3/4 or < 1/4 (kfac-jax's)
         min_damping=1e-8,                  # adaptation keeps the damping at least this (kfac-jax's)
+    ),
+    # Vyas et al. 2024 (SOAP, arXiv 2409.11321) and the authors' reference (github.com/nikhilvyas/SOAP):
+    # betas (0.95, 0.95), eps 1e-8, bases every 10 updates, dims above 10000 one-sided, no merging.
+    'soap': dict(
+        b1=0.95,
+        b2=0.95,
+        shampoo_beta=0.95,                 # statistics EMA (reference: b2 unless set); 1.0 = sums
+        eps=1e-8,
+        precondition_frequency=10,         # eigenbases refreshed (one QR power step) every k updates
+        max_precond_dim=10000,             # a larger dim gets no statistic: identity basis on that side
+        block_size=10000,                  # blocks of at most this per dim (the reference: none)
+        merge_small_dims_block_size=1,     # merge adjacent dims while their product stays <= this (1: never)
     ),
 }

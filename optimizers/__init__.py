@@ -27,9 +27,11 @@ import optax
 from errors import ConfigError, check_range
 from optimizers import first_order
 from optimizers import kfac
+from optimizers import muon
 from optimizers import parameterization
 from optimizers import schedules  # noqa: F401  (re-exported: optimizers.schedules.build)
 from optimizers import shampoo
+from optimizers import soap
 
 # The fields every optimizer block has besides its own (defaults: configs/optimizer_defaults.py).
 COMMON_FIELDS = ('learning_rate', 'weight_decay', 'weight_decay_mode', 'decay_rank1', 'grad_clip_norm')
@@ -46,8 +48,12 @@ class Optimizer(NamedTuple):
   # Whether `direction` takes (cfg, kfac.LossContext, schedule, damping multipliers or None): curvature
   # from the task's loss.
   needs_loss: bool = False
-  # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio).
+  # Whether `direction` applies decoupled weight decay itself (LAMB, LARS: inside the trust ratio;
+  # Muon: at each parameter group's own rate).
   owns_weight_decay: bool = False
+  # Whether the optimizer is defined by its decoupled weight decay (AdamW, NAdamW), so that the
+  # other modes, which would make it a different method, are refused.
+  decoupled_only: bool = False
   # Whether `direction` adds the weight decay to its direction before its momentum when
   # weight_decay_mode='before_momentum' (Shampoo); no other optimizer takes that mode.
   decays_before_momentum: bool = False
@@ -59,6 +65,9 @@ class Optimizer(NamedTuple):
 REGISTRY: dict[str, Optimizer] = {
     'sgd': Optimizer(first_order.SGD_FIELDS, first_order.sgd),
     'adam': Optimizer(first_order.ADAM_FIELDS, first_order.adam),
+    'adamw': Optimizer(first_order.ADAM_FIELDS, first_order.adam, decoupled_only=True),
+    'nadamw': Optimizer(first_order.ADAM_FIELDS, first_order.nadam, decoupled_only=True),
+    'muon': Optimizer(muon.FIELDS, muon.direction, owns_weight_decay=True),
     'adagrad': Optimizer(first_order.ADAGRAD_FIELDS, first_order.adagrad),
     'lamb': Optimizer(first_order.LAMB_FIELDS, first_order.lamb, owns_weight_decay=True),
     'lars': Optimizer(first_order.LARS_FIELDS, first_order.lars, owns_weight_decay=True),
@@ -70,6 +79,11 @@ REGISTRY: dict[str, Optimizer] = {
                              **{k: cfg[k] for k in shampoo.FIELDS}),
                          shampoo.metrics, shampoo.health, pads_stacks=True, decays_before_momentum=True),
     'kfac': Optimizer(kfac.FIELDS, kfac.scale_by_kfac, kfac.metrics, needs_loss=True),
+    'soap': Optimizer(soap.FIELDS,
+                      lambda cfg, sharding: soap.scale_by_soap(
+                          stack_multiple=sharding.num_devices if sharding else 1, stack_sharding=sharding,
+                          **{k: cfg[k] for k in soap.FIELDS}),
+                      pads_stacks=True),
 }
 
 
@@ -90,6 +104,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'the {cfg.name} optimizer block lacks {", ".join(sorted(missing))} '
                       f'(start it from configs.base.optimizer)')
   _check_common(cfg)
+  if optimizer.decoupled_only and cfg.weight_decay_mode != 'decoupled':
+    raise ConfigError(f'optimizer.weight_decay_mode={cfg.weight_decay_mode!r}: {cfg.name} is Adam with '
+                      f"decoupled weight decay; choose 'decoupled', or adam for another mode")
   if cfg.weight_decay_mode == 'before_momentum' and not optimizer.decays_before_momentum:
     takers = ', '.join(name for name, o in sorted(REGISTRY.items()) if o.decays_before_momentum)
     raise ConfigError(f"optimizer.weight_decay_mode='before_momentum' is for {takers} only "

@@ -1,0 +1,17 @@
+"""dlrm with NAdamW: `python main.py --config=configs/dlrm_nadamw.py:tiny`.
+
+AlgoPerf's NAdamW baseline (Dahl et al. 2023; mlcommons/algorithmic-efficiency,
+prize_qualification_baselines/self_tuning): learning rate 1.75e-3, b1 1 - 0.0673, b2 0.9955,
+eps 1e-8, weight decay 0.0812 on every parameter. `tiny`: Adam's rate (dlrm_adam.py).
+"""
+
+from configs import _dlrm
+from configs import base
+
+
+def get_config(size: str = 'paper'):
+  config = _dlrm.get_config(size)
+  config.optimizer = base.optimizer('nadamw', learning_rate=1e-3 if size == 'tiny' else 0.0017486387539278373,
+                                    b1=1 - 0.06733926164, b2=0.9955159689799007, eps=1e-8,
+                                    weight_decay=0.08121616522670176, decay_rank1=True)
+  return config
