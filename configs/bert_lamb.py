@@ -1,7 +1,9 @@
 """bert with LAMB, the paper's BERT baseline: `python main.py --config=configs/bert_lamb.py:tiny`.
 
-You et al. 2020 / the MLPerf reference: b1 0.9, b2 0.999, eps 1e-6, weight decay 0.01
-(not on biases and norms). `paper` learning rate: a placeholder at the 4096 batch.
+`paper`: You et al. 2020's BERT-Large setting at batch 32K (configs/_bert.py takes its batch,
+15625 steps, warm-up over the first 1/5 of them and linear decay): peak learning rate 5e-3
+(Table 4, square-root scaling: 5 / (2^0 x 10^3) at 32K), b1 0.9, b2 0.999, eps 1e-6, weight
+decay 0.01, not on biases and layer norms (Sec. 4, as BERT).
 """
 
 from configs import _bert
@@ -10,6 +12,10 @@ from configs import base
 
 def get_config(size: str = 'paper'):
   config = _bert.get_config(size)
-  config.optimizer = base.optimizer('lamb', learning_rate=1e-2 if size == 'tiny' else 2e-3,
-                                    b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01)
+  config.optimizer = base.optimizer(
+      'lamb',
+      learning_rate=1e-2 if size == 'tiny' else 5e-3,  # You et al. 2020, Table 4: 5 / 10^3 at batch 32K
+      b1=0.9, b2=0.999,   # You et al. 2020, Sec. 4
+      eps=1e-6,           # You et al. 2020's (and the MLPerf BERT reference's) LAMB epsilon
+      weight_decay=0.01)  # You et al. 2020, Sec. 4: BERT's weight decay 0.01
   return config

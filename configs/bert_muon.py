@@ -12,7 +12,7 @@ from configs import base
 
 def get_config(size: str = 'paper'):
   config = _bert.get_config(size)
-  adam_learning_rate = 5e-3 if size == 'tiny' else 1e-4
+  adam_learning_rate = 5e-3 if size == 'tiny' else 1e-4  # Devlin et al. 2019, Sec. A.2: BERT's Adam rate
   config.optimizer = base.optimizer('muon', learning_rate=0.02, adam_learning_rate_ratio=adam_learning_rate / 0.02,
                                     b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01)
   return config

@@ -15,7 +15,7 @@ from configs import optimizer_defaults
 def get_config(size: str = 'paper'):
   config = _dlrm.get_config(size)
   output_layer = f'top_{len(config.task.top_mlp)}/'
-  muon_learning_rate = 0.005 if size == 'tiny' else 0.02
+  muon_learning_rate = 0.005 if size == 'tiny' else 0.02  # Keller Jordan's Muon README: 0.02
   config.optimizer = base.optimizer(
       'muon', learning_rate=muon_learning_rate, adam_learning_rate_ratio=1e-3 / muon_learning_rate,
       b1=0.9, b2=0.999, eps=1e-8,

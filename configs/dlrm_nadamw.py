@@ -11,6 +11,7 @@ from configs import base
 
 def get_config(size: str = 'paper'):
   config = _dlrm.get_config(size)
+  # paper: AlgoPerf's NAdamW baseline (Dahl et al. 2023; algorithmic-efficiency's self-tuning baseline)
   config.optimizer = base.optimizer('nadamw', learning_rate=1e-3 if size == 'tiny' else 0.0017486387539278373,
                                     b1=1 - 0.06733926164, b2=0.9955159689799007, eps=1e-8,
                                     weight_decay=0.08121616522670176, decay_rank1=True)

@@ -12,6 +12,7 @@ from configs import base
 
 
 def get_config(size: str = 'paper'):
+  # our choice: not in the paper's comparison, so the step budget of its first-order baselines
   config = _resnet50.get_config(size, paper_steps=2512)
   config.optimizer = base.optimizer('muon', learning_rate=0.02, adam_learning_rate_ratio=1e-3 / 0.02,
                                     b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)

@@ -12,7 +12,7 @@ from configs import base
 
 def get_config(size: str = 'paper'):
   config = _transformer.get_config(size)
-  adam_learning_rate = 3e-3 if size == 'tiny' else 1e-3
+  adam_learning_rate = 3e-3 if size == 'tiny' else 1024 ** -0.5 * 4000 ** -0.5  # Vaswani et al. 2017, Sec. 5.3, at its peak
   config.optimizer = base.optimizer('muon', learning_rate=0.02, adam_learning_rate_ratio=adam_learning_rate / 0.02,
                                     b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01)
   return config

@@ -2,10 +2,12 @@
 
 Devlin et al. 2019; the paper's BERT-Large benchmark (Anil et al. 2020, Sec. 6), whose
 baseline optimizer is LAMB (You et al. 2020). The encoder reuses the Transformer task's
-blocks (`tasks/layers.py`: pre-LN attention and GELU feed-forward, every kernel a 2-D
-matrix with logical axis names) under learned position and segment embeddings. The
-masked-LM head (dense + GELU + layer norm) projects onto the token embedding (tied) plus
-a bias; the next-sentence head classifies the pooled [CLS] vector.
+blocks (`tasks/layers.py`: attention and GELU feed-forward, every kernel a 2-D matrix
+with logical axis names) under learned position and segment embeddings and their layer
+norm. `task.layer_norm` places each block's norms: `post`, BERT's own (the norm after
+each residual sum, no final norm), or `pre` (before each sub-layer, plus a final norm).
+The masked-LM head (dense + GELU + layer norm) projects onto the token embedding (tied)
+plus a bias; the next-sentence head classifies the pooled [CLS] vector.
 
 Evaluation over the held-out split: `mlm_accuracy` and `mlm_loss` over the masked
 positions (MLPerf's target metric is the masked-LM accuracy), `nsp_accuracy` and
@@ -34,6 +36,12 @@ class ModelConfig(layers.ModelConfig):
   layers: int
   max_positions: int
   next_sentence: bool
+  layer_norm: str = 'pre'  # where each block's layer norms sit: a layers.LAYER_NORM_POSITIONS entry
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.layer_norm not in layers.LAYER_NORM_POSITIONS:
+      raise ConfigError(f'task.layer_norm={self.layer_norm!r}: choose one of {", ".join(layers.LAYER_NORM_POSITIONS)}')
 
 
 # Devlin et al. 2019, Sec. 3: Base 12 layers / 768 / 12 heads, Large 24 / 1024 / 16; `tiny` for CPU.
@@ -50,7 +58,8 @@ def model_config(config) -> ModelConfig:
   task = config.task
   fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, max_positions=task.max_seq_length,
-                     next_sentence=task.next_sentence, dtype=task.dtype, remat=task.remat,
+                     next_sentence=task.next_sentence, layer_norm=task.layer_norm, dtype=task.dtype,
+                     remat=task.remat,
                      width_ratio=width_ratio(config, fields['features']),
                      vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
 
@@ -71,9 +80,10 @@ class Bert(nn.Module):
     self.dropout = nn.Dropout(c.dropout)
     block = layers.rematerialized(layers.EncoderBlock, c.remat)
     self.blocks = [block(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
-                         activation=nn.gelu, width_ratio=c.width_ratio)
+                         activation=nn.gelu, width_ratio=c.width_ratio, layer_norm_position=c.layer_norm)
                    for _ in range(c.layers)]
-    self.final_norm = layers.layer_norm(dtype)
+    if c.layer_norm == 'pre':  # post-LN blocks already end in a norm
+      self.final_norm = layers.layer_norm(dtype)
     self.mlm_transform = layers.dense(c.features, ('embed', 'mlp'), dtype, 'mlm_transform')
     self.mlm_norm = layers.layer_norm(dtype)
     self.mlm_bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
@@ -91,7 +101,8 @@ class Bert(nn.Module):
     mask = layers.segment_mask(batch['input_mask'], batch['input_mask'])  # real tokens attend to real tokens
     for block in self.blocks:
       x = block(x, mask, deterministic=deterministic)
-    x = self.final_norm(x)
+    if self.config.layer_norm == 'pre':
+      x = self.final_norm(x)
     masked = jnp.take_along_axis(x, batch['masked_lm_positions'][..., None], axis=1)
     masked = self.mlm_norm(nn.gelu(self.mlm_transform(masked)))
     mlm_logits = layers.mask_vocab_padding((self.embed.attend(masked) + self.mlm_bias).astype(jnp.float32),

@@ -13,9 +13,10 @@ or beam gives them any weight.
 
 Packing: several sequences may share a row. `segmentation` numbers them
 (1, 2, ...; 0 = padding) and attention never crosses segments; `position`
-restarts at 0 in each segment. Layer norm comes before each sub-layer
-(pre-LN), which trains stably with every optimizer here without the post-LN
-warm-up sensitivity.
+restarts at 0 in each segment. Layer norm comes before each sub-layer (pre-LN),
+which trains stably with every optimizer here without the post-LN warm-up
+sensitivity; encoder blocks also take Vaswani et al.'s and BERT's post-LN
+(`layer_norm_position='post'`: the norm after the residual sum).
 
 `width_ratio` (width / base_width under muP, else 1) changes what muP changes in
 the forward pass: attention logits scale as 1/head_dim rather than 1/sqrt(head_dim)
@@ -41,6 +42,8 @@ NEG_INF = -1e9
 LOGICAL_AXIS_RULES = (('batch', 'data'), ('vocab', 'model'), ('heads', 'model'), ('mlp', 'model'),
                       ('embed', None))
 VOCAB_ALIGNMENT = 128  # embedding rows per shard are a multiple of this (a TPU lane width)
+# Where a block's layer norms sit: before each sub-layer (pre) or after its residual sum (post).
+LAYER_NORM_POSITIONS = ('pre', 'post')
 # `ModelConfig.remat`: what an encoder or decoder block keeps of its forward pass for the backward pass.
 REMAT_POLICIES = {
     'none': None,  # everything (no recomputation): fastest, most memory
@@ -221,9 +224,14 @@ class FeedForward(nn.Module):
     return dense(self.features, ('mlp', 'embed'), self.dtype, 'wo')(x)
 
 
-def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, dtype: Dtype):
-  """x + dropout(sublayer(layer_norm(x))): one pre-LN sub-layer (call inside a compact method)."""
-  y = sublayer(layer_norm(dtype, norm_name)(x))
+def _residual(x, sublayer, norm_name: str, dropout: float, deterministic: bool, dtype: Dtype,
+              layer_norm_position: str = 'pre'):
+  """One sub-layer with its residual connection (call inside a compact method): pre-LN
+  x + dropout(sublayer(layer_norm(x))), or post-LN layer_norm(x + dropout(sublayer(x)))."""
+  norm = layer_norm(dtype, norm_name)
+  if layer_norm_position == 'post':
+    return norm(x + nn.Dropout(dropout)(sublayer(x), deterministic=deterministic))
+  y = sublayer(norm(x))
   return x + nn.Dropout(dropout)(y, deterministic=deterministic)
 
 
@@ -254,8 +262,10 @@ class _Block(nn.Module):
 
 
 class EncoderBlock(_Block):
-  """Self-attention and feed-forward, each pre-normalised with a residual connection."""
+  """Self-attention and feed-forward, each with a residual connection and a layer norm before the
+  sub-layer (pre) or after the sum (post)."""
   activation: Callable = nn.relu
+  layer_norm_position: str = 'pre'  # a LAYER_NORM_POSITIONS entry
 
   def __call__(self, x, mask, *, deterministic: bool):
     return self.forward(x, mask, deterministic)
@@ -263,7 +273,7 @@ class EncoderBlock(_Block):
   @nn.compact
   def forward(self, x, mask, deterministic: bool):
     sublayer = functools.partial(_residual, dropout=self.dropout, deterministic=deterministic,
-                                 dtype=self.dtype)
+                                 dtype=self.dtype, layer_norm_position=self.layer_norm_position)
     attention = MultiHeadAttention(self.num_heads, self.features, self.attention_dropout, self.dtype,
                                    width_ratio=self.width_ratio, name='attention')
     x = sublayer(x, lambda y: attention(y, y, mask, deterministic=deterministic), 'attention_norm')

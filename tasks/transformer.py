@@ -1,11 +1,12 @@
 """Transformer translation, WMT'14 English -> French (Vaswani et al. 2017; Anil et al. 2020, Sec. 6).
 
-Encoder-decoder with one embedding matrix shared by source, target and the
-output projection (a shared SentencePiece vocabulary makes that possible),
-dropout, and label-smoothed cross-entropy for training. Evaluation reports
-token log-perplexity (`loss`, no smoothing: the paper's target metric) and
-per-token accuracy on newstest2014, and every `task.bleu_every` evaluations
-the detokenized BLEU (sacrebleu) of beam-search translations of the first
+Encoder-decoder over one shared SentencePiece vocabulary, with either one embedding
+matrix shared by source, target and the output projection (`task.tie_embeddings`,
+Vaswani et al.'s) or a matrix for each of the three (Anil et al.'s Transformer-Big,
+whose 375.4M parameters count them), dropout, and label-smoothed cross-entropy for
+training. Evaluation reports token log-perplexity (`loss`, no smoothing: the paper's
+target metric) and per-token accuracy on newstest2014, and every `task.bleu_every`
+evaluations the detokenized BLEU (sacrebleu) of beam-search translations of the first
 `task.bleu_sentences` sentences.
 
 Data: tfds `wmt14_translate/fr-en` under the task's tfds data_dir (`data/wmt.py`);
@@ -34,6 +35,7 @@ from tasks.base import Task, abstract_global_batch, mesh_axis_size, preset_field
 class ModelConfig(layers.ModelConfig):
   encoder_layers: int
   decoder_layers: int
+  tie_embeddings: bool = True  # one matrix for source, target and output; else one for each
 
 
 class Transformer(nn.Module):
@@ -43,7 +45,11 @@ class Transformer(nn.Module):
   def setup(self):
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    self.embed = layers.Embed(c.vocab_size, c.padded_vocab_size, c.features, dtype, c.width_ratio)
+    embed = functools.partial(layers.Embed, c.vocab_size, c.padded_vocab_size, c.features, dtype, c.width_ratio)
+    if c.tie_embeddings:
+      self.embed = embed()
+    else:  # the output matrix is used only through `attend`, as the tied one is for its logits
+      self.source_embed, self.target_embed, self.output_embed = embed(), embed(), embed()
     encoder_block = layers.rematerialized(layers.EncoderBlock, c.remat)
     self.encoder_blocks = [
         encoder_block(c.num_heads, c.features, c.hidden, c.dropout, c.attention_dropout, dtype,
@@ -59,12 +65,17 @@ class Transformer(nn.Module):
     self.decoder_norm = layers.layer_norm(dtype)
     self.dropout = nn.Dropout(c.dropout)
 
-  def _embed(self, ids, position, deterministic):
-    x = self.embed(ids) + layers.sinusoidal_positions(position, self.config.features).astype(self.embed.dtype)
+  def _embedding(self, role: str) -> layers.Embed:
+    """The matrix for `role` ('source', 'target' or 'output'): the shared one, or that role's own."""
+    return self.embed if self.config.tie_embeddings else getattr(self, f'{role}_embed')
+
+  def _embed(self, side, ids, position, deterministic):
+    embed = self._embedding(side)
+    x = embed(ids) + layers.sinusoidal_positions(position, self.config.features).astype(embed.dtype)
     return self.dropout(x, deterministic=deterministic)
 
   def encode(self, inputs, inputs_segmentation, inputs_position, *, deterministic: bool):
-    x = self._embed(inputs, inputs_position, deterministic)
+    x = self._embed('source', inputs, inputs_position, deterministic)
     mask = layers.segment_mask(inputs_segmentation, inputs_segmentation)
     for block in self.encoder_blocks:
       x = block(x, mask, deterministic=deterministic)
@@ -74,7 +85,7 @@ class Transformer(nn.Module):
     for block in self.decoder_blocks:
       x = block(x, encoded, self_mask, cross_mask, deterministic=deterministic,
                 decode_position=decode_position)
-    logits = self.embed.attend(self.decoder_norm(x)).astype(jnp.float32)
+    logits = self._embedding('output').attend(self.decoder_norm(x)).astype(jnp.float32)
     return layers.mask_vocab_padding(logits, self.config.vocab_size)
 
   def __call__(self, batch, *, deterministic: bool):
@@ -86,7 +97,7 @@ class Transformer(nn.Module):
     # Shift right within each segment: every segment's decoder input starts with id 0.
     shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
     decoder_inputs = jnp.where(position == 0, 0, shifted)
-    x = self._embed(decoder_inputs, position, deterministic)
+    x = self._embed('target', decoder_inputs, position, deterministic)
     self_mask = layers.segment_mask(segmentation, segmentation) & layers.causal_mask(targets.shape[1])
     cross_mask = layers.segment_mask(segmentation, batch['inputs_segmentation'])
     return self._decode(x, encoded, self_mask, cross_mask, deterministic)
@@ -97,7 +108,7 @@ class Transformer(nn.Module):
     With `position=None` (and tokens [n, max_length]) it only creates the empty cache.
     """
     steps = jnp.arange(tokens.shape[1]) if position is None else jnp.full((1,), position)
-    x = self._embed(tokens, jnp.broadcast_to(steps, tokens.shape), deterministic=True)
+    x = self._embed('target', tokens, jnp.broadcast_to(steps, tokens.shape), deterministic=True)
     cross_mask = (inputs_segmentation > 0)[:, None, None, :]
     logits = self._decode(x, encoded, None, cross_mask, True, decode_position=position)
     return jax.nn.log_softmax(logits[:, -1])
@@ -115,7 +126,9 @@ def cached_decoder(config: ModelConfig, params, encoded, inputs_segmentation, ma
   return step, cache
 
 
-# Vaswani et al. 2017, Table 3 (dropout 0.1 for big on en-fr); `tiny` is for CPU tests and demos.
+# `base` and `big`: Vaswani et al. 2017, Table 3 (dropout 0.1 for big on en-fr, Sec. 6.1).
+# `big_ff8192`: Anil et al. 2020's Transformer-Big (Sec. 6), big with 8192 feed-forward units.
+# `tiny` is for CPU tests and demos.
 MODELS = {
     'tiny': dict(features=64, num_heads=4, hidden=256, encoder_layers=2, decoder_layers=2,
                  dropout=0.0, attention_dropout=0.0),
@@ -123,6 +136,8 @@ MODELS = {
                  dropout=0.1, attention_dropout=0.1),
     'big': dict(features=1024, num_heads=16, hidden=4096, encoder_layers=6, decoder_layers=6,
                 dropout=0.1, attention_dropout=0.1),
+    'big_ff8192': dict(features=1024, num_heads=16, hidden=8192, encoder_layers=6, decoder_layers=6,
+                       dropout=0.1, attention_dropout=0.1),
 }
 
 
@@ -131,7 +146,7 @@ def model_config(config) -> ModelConfig:
   task = config.task
   fields = preset_fields(task, MODELS)
   return ModelConfig(vocab_size=task.vocab_size, dtype=task.dtype, remat=task.remat,
-                     width_ratio=width_ratio(config, fields['features']),
+                     tie_embeddings=task.tie_embeddings, width_ratio=width_ratio(config, fields['features']),
                      vocab_shards=mesh_axis_size(config, layers.LOGICAL_AXIS_RULES, 'vocab'), **fields)
 
 
@@ -143,7 +158,7 @@ BATCH_KEYS = ('inputs', 'targets', 'inputs_segmentation', 'targets_segmentation'
 class Translation(Task):
   logical_axis_rules = layers.LOGICAL_AXIS_RULES
   eval_metric_names = ('loss', 'accuracy', 'perplexity', 'bleu')
-  # The shared embedding is an input weight; its read-out use is scaled in Embed.attend.
+  # Embeddings are input weights; the read-out use (of the shared or the output one) is scaled in Embed.attend.
   parameter_roles = ((r'.*(kernel)', 'hidden'), (r'.*', 'input'))
 
   def __init__(self, config):

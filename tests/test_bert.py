@@ -180,3 +180,35 @@ def test_remat_is_checked_and_on_for_the_paper_model():
     dataclasses.replace(MODEL, remat='some')
   assert model_config(load_config('bert_adam', 'paper')).remat == 'full'
   assert model_config(load_config('bert_adam')).remat == 'none'
+
+
+def test_post_ln_blocks_end_in_their_norm_and_the_model_drops_the_final_norm():
+  """BERT's own blocks (Devlin et al. 2019; Vaswani et al.'s post-LN): LayerNorm(x + sublayer(x)), so
+  each block's output is normalised per token, and no final norm follows the last block."""
+  post = dataclasses.replace(MODEL, layer_norm='post')
+  batch = random_batch(3)
+  params = nn.unbox(Bert(post).init(jax.random.PRNGKey(0), batch, deterministic=True)['params'])
+  pre = nn.unbox(Bert(MODEL).init(jax.random.PRNGKey(0), batch, deterministic=True)['params'])
+  assert set(pre) - set(params) == {'final_norm'} and set(params) <= set(pre)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, MODEL.features)) * 3 + 1
+  mask = jnp.ones((2, 1, 6, 6), bool)
+  for position, normalised in (('post', True), ('pre', False)):
+    block = layers.EncoderBlock(4, MODEL.features, 64, 0.0, 0.0, layer_norm_position=position)
+    y = block.apply(block.init(jax.random.PRNGKey(2), x, mask, deterministic=True), x, mask, deterministic=True)
+    assert np.allclose(y.mean(-1), 0, atol=1e-4) == normalised
+    assert np.allclose(y.std(-1), 1, atol=1e-2) == normalised
+
+
+def test_the_paper_model_is_post_ln_and_the_position_is_checked():
+  assert model_config(load_config('bert_adam', 'paper')).layer_norm == 'post'
+  assert model_config(load_config('bert_adam')).layer_norm == 'pre'
+  with pytest.raises(ConfigError, match=r"task.layer_norm='middle': choose one of pre, post"):
+    model_config(load_config('bert_adam', task__layer_norm='middle'))
+
+
+def test_the_paper_run_is_lambs_bert_large_setting():
+  """You et al. 2020 at batch 32K: 15625 steps, warm-up over the first 1/5, peak rate 5e-3, as LAMB sets it."""
+  config = load_config('bert_lamb', 'paper')
+  assert (config.global_batch_size, config.num_steps, config.schedule.warmup_steps) == (32768, 15625, 3125)
+  assert (config.schedule.decay, config.optimizer.learning_rate, config.optimizer.eps) == ('linear', 5e-3, 1e-6)
+  assert config.optimizer.weight_decay == 0.01

@@ -102,3 +102,10 @@ def test_tiny_tables_have_twice_the_generated_vocabularies():
   from configs import _dlrm
   from data import synthetic_criteo
   assert _dlrm.TINY_TABLE_SIZES == tuple(2 * v + 1 for v in synthetic_criteo.VOCAB_SIZES)
+
+
+def test_the_paper_run_is_one_epoch_of_criteo_1tb():
+  """Days 0-22 of Criteo 1TB hold 4,195,197,692 training examples: the paper run passes over each once."""
+  config = load_config('dlrm_adam', 'paper')
+  examples = 4_195_197_692
+  assert (config.num_steps - 1) * config.global_batch_size < examples <= config.num_steps * config.global_batch_size

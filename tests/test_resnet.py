@@ -120,7 +120,9 @@ def test_bad_settings_are_refused_before_training(tmp_path):
 def test_configs_hold_the_papers_setting(optimizer):
   tiny, paper = (load_config(f'resnet50_{optimizer}', size) for size in ('tiny', 'paper'))
   assert (paper.task.model, paper.task.image_size, paper.global_batch_size) == ('50', 224, 32768)
-  assert (paper.schedule.warmup_steps, paper.schedule.decay, paper.schedule.power) == (196, 'polynomial', 2.0)
+  # Warm-up: the Shampoo recipe's 196 steps; LARS: MLPerf's 25 epochs of 39 steps; SGD: Goyal et al.'s 5 epochs.
+  warmup = {'lars': 975}.get(optimizer, 196)
+  assert (paper.schedule.warmup_steps, paper.schedule.decay, paper.schedule.power) == (warmup, 'polynomial', 2.0)
   assert paper.target == ('accuracy', 0.759, 'above') and paper.optimizer.weight_decay == 1e-4
   assert paper.num_steps == (1729 if optimizer == 'shampoo' else 2512)
   assert paper.task.num_classes == 1000 and tiny.task.num_classes == tiny.task.generated_classes
@@ -132,3 +134,5 @@ def test_configs_hold_the_papers_setting(optimizer):
                     preconditioning_compute_steps=1, block_size=128, graft_type='sgd', nesterov=True,
                     exponent_override=4)
     assert {k: paper.optimizer[k] for k in expected} == expected
+  if optimizer in ('sgd', 'lars'):
+    assert paper.optimizer.learning_rate == {'sgd': 12.8, 'lars': 31.2}[optimizer]

@@ -247,3 +247,35 @@ def test_remat_is_checked_and_on_for_the_paper_model():
     dataclasses.replace(MODEL, remat='some')
   assert model_config(load_config('transformer_adam', 'paper')).remat == 'full'
   assert model_config(load_config('transformer_adam')).remat == 'none'
+
+
+def parameter_count(config) -> int:
+  """Parameters of the task's model, from abstract shapes (nothing allocated, no data read)."""
+  params, _ = jax.eval_shape(Translation(config).init, jax.random.PRNGKey(0))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nn.unbox(params)))
+
+
+@pytest.mark.parametrize('model,paper_count', [('big_ff8192', 375.4e6), ('base', 93.3e6)])
+def test_the_paper_models_have_the_papers_parameter_counts(model, paper_count):
+  """Anil et al. 2020, Sec. 6: Transformer-Big 375.4M (the `paper` default), Transformer 93.3M."""
+  config = load_config('transformer_adam', 'paper', task__model=model)
+  assert not config.task.tie_embeddings
+  assert parameter_count(config) == pytest.approx(paper_count, rel=0.01)
+
+
+def test_untied_embeddings_give_source_target_and_output_their_own_matrix(model_and_params):
+  untied = Transformer(dataclasses.replace(MODEL, tie_embeddings=False))
+  batch = pack([([5, 1], [6, 1])], 8)
+  params = nn.unbox(untied.init(jax.random.PRNGKey(0), batch, deterministic=True)['params'])
+  _, tied_params = model_and_params
+  assert {'source_embed', 'target_embed', 'output_embed'} <= set(params) and 'embed' not in params
+  assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(tied_params)) + 2
+  logits = untied.apply({'params': params}, batch, deterministic=True)
+
+  def logits_with(name, row):
+    shifted = dict(params, **{name: {'embedding': params[name]['embedding'].at[row].add(1.0)}})
+    return untied.apply({'params': shifted}, batch, deterministic=True)
+  assert not np.allclose(logits_with('source_embed', 5), logits)  # the encoder reads source id 5
+  assert not np.allclose(logits_with('target_embed', 0), logits)  # the decoder starts from id 0
+  moved = np.asarray(logits_with('output_embed', 7) - logits)  # the read-out: token 7's logit alone
+  assert np.any(moved[..., 7] != 0) and not np.any(np.delete(moved, 7, axis=-1))
