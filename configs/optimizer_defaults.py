@@ -80,6 +80,7 @@ BY_NAME = {
         damping_adaptation_interval=5,     # steps between adaptations (kfac-jax's default)
         damping_adaptation_decay=0.9,      # damping x or / decay**interval when rho > 3/4 or < 1/4 (kfac-jax's)
         min_damping=1e-8,                  # adaptation keeps the damping at least this (kfac-jax's)
+        max_factor_dim=8192,               # a layer with a larger factor gets a diagonal block; 0 = no limit
     ),
     # Vyas et al. 2024 (SOAP, arXiv 2409.11321) and the authors' reference (github.com/nikhilvyas/SOAP):
     # betas (0.95, 0.95), eps 1e-8, bases every 10 updates, dims above 10000 one-sided, no merging.

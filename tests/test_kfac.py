@@ -230,7 +230,7 @@ def test_curvature_period_and_subset_equal_kfac_jax_updated_by_hand():
     ('curvature_batch_size', -1),
     ('curvature_ema', 1.5), ('estimation_mode', 'psychic'), ('norm_constraint', -1.0),
     ('damping_adaptation_interval', 0), ('damping_adaptation_decay', 0.0), ('damping_adaptation_decay', 1.5),
-    ('min_damping', -1.0),
+    ('min_damping', -1.0), ('max_factor_dim', -1), ('max_factor_dim', 100.5),
 ])
 def test_bad_hyperparameters_name_the_field(field, value):
   params, batch, value_fn = dense_problem()
@@ -362,3 +362,41 @@ def test_rematerialized_blocks_keep_their_kronecker_blocks_and_loss():
                       if jnp.issubdtype(s.dtype, jnp.floating) else jnp.ones(s.shape, s.dtype), loss.example_args)
   np.testing.assert_allclose(jax.jit(kfac.inline_remat(loss.value_fn))(*args), jax.jit(loss.value_fn)(*args),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize('repeated', [False, True])
+def test_a_layer_wider_than_max_factor_dim_gets_a_diagonal_block_and_still_trains(repeated, caplog):
+  """A 6-8-40 network (applied at each of 3 positions when `repeated`) with max_factor_dim=16: the
+  40-wide output layer gets a diagonal block with state of its kernel's shape, the first layer its
+  Kronecker factors."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 3, 6) if repeated else (32, 6)).astype(np.float32)
+  batch = {'x': x, 'y': np.tanh(x @ rng.normal(size=(6, 40))).astype(np.float32)}
+  params = {'w1': jnp.asarray(rng.normal(size=(6, 8)) * 0.5, jnp.float32),
+            'w2': jnp.asarray(rng.normal(size=(8, 40)) * 0.3, jnp.float32)}
+
+  def value_fn(params, model_state, rng, batch):
+    predictions = jnp.tanh(batch['x'] @ params['w1']) @ params['w2']
+    kfac.kfac_jax().register_squared_error_loss(predictions, batch['y'])
+    return 0.5 * jnp.mean(jnp.sum((predictions - batch['y']) ** 2, -1))
+
+  cfg = base.optimizer('kfac', max_factor_dim=16, inverse_update_period=1)
+  with caplog.at_level(logging.INFO):
+    tx = optimizers.build(cfg, optax.constant_schedule(0.3), context(params, batch, value_fn))
+  listing = next(r.getMessage() for r in caplog.records if 'K-FAC block of each' in r.getMessage())
+  kronecker, diagonal = ('RepeatedDenseKroneckerFactored', 'RepeatedDenseDiagonal') if repeated else \
+      ('DenseTwoKroneckerFactored', 'DenseDiagonal')
+  assert listing.endswith(f"['w1']: {kronecker}, ['w2']: {diagonal}")
+  state, update = tx.init(params), jax.jit(tx.update)
+  assert (8, 40) in [leaf.shape for leaf in jax.tree.leaves(state)]
+  first = float(value_fn(params, {}, None, batch))
+  for step in range(5):
+    grads = jax.grad(value_fn)(params, {}, None, batch)
+    updates, state = update(grads, state, params, loss_args=(params, {}, jax.random.PRNGKey(step), batch))
+    params = optax.apply_updates(params, updates)
+  assert float(value_fn(params, {}, None, batch)) < 0.7 * first
+
+
+def test_factor_dims_are_kfac_jax_factor_sizes():
+  assert kfac.factor_dims([(1024, 4096), (4096,)]) == (1025, 4096)
+  assert kfac.factor_dims([(3, 3, 64, 128)]) == (576, 128)

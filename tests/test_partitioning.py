@@ -67,6 +67,23 @@ def test_a_stack_spreads_over_the_largest_axis_set_that_divides_it():
                    6: PartitionSpec(('model',)), 3: PartitionSpec()}
 
 
+def test_kfac_state_follows_the_parameters_it_has_the_shape_of_and_spreads_square_factors():
+  """kfac-jax's diagonal blocks hold state of their parameters' shapes under paths of their own; its
+  Kronecker factors and inverses are square matrices."""
+  mesh = partitioning.make_mesh({'data': 4, 'model': 2}, jax.devices())
+  rows, columns = NamedSharding(mesh, PartitionSpec('data', None)), NamedSharding(mesh, PartitionSpec(None, 'model'))
+  params = {'table': jnp.zeros((64, 8)), 'w': jnp.zeros((8, 16)), 'v': jnp.zeros((8, 16)), 'b': jnp.zeros(16)}
+  param_shardings = {'table': rows, 'w': columns, 'v': rows, 'b': partitioning.replicated(mesh)}
+  state = {'blocks': [{'diagonal': jnp.zeros((64, 8))}, {'diagonal': jnp.zeros((8, 16))}],
+           'factors': [jnp.zeros((16, 16)), jnp.zeros((9, 9)), jnp.zeros((12, 12))], 'count': jnp.zeros(())}
+  shardings = partitioning.optimizer_state_shardings(state, params, param_shardings, mesh)
+  assert shardings['blocks'][0]['diagonal'] == rows
+  assert shardings['blocks'][1]['diagonal'].is_fully_replicated  # 'w' and 'v' are split differently
+  assert [s.spec for s in shardings['factors']] == [
+      PartitionSpec(('data', 'model')), PartitionSpec(), PartitionSpec(('data',))]
+  assert shardings['count'].is_fully_replicated
+
+
 @pytest.mark.parametrize('axes', [{'data': 4, 'model': 2}, {'data': 8, 'model': 1}, {'data': 1, 'model': 8}])
 def test_shampoo_stacks_padded_to_the_device_count_spread_over_the_whole_mesh(axes):
   """Stacks of 6 and 2 statistics (a group of 6 blocks of 4 x 4, one of 2 of 3 x 4 x 4), each padded

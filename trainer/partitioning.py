@@ -85,12 +85,16 @@ def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, 
   """Shardings for any optimizer's state, from where its leaves sit.
 
   A leaf whose path ends with a parameter's path and has that parameter's shape (Adam's
-  moments, momentum, graft accumulators) follows the parameter. A stack of blocks
-  (rank >= 3: Shampoo's statistics and roots) is spread over all mesh axes together
-  when the mesh size divides its length, which Shampoo's padding to a multiple of the
-  device count guarantees, so each device updates and roots its share; another stack
-  over the mesh axes whose combined size divides its length, as many devices as
-  possible. Everything else (counters, per-block root errors and flags) is replicated.
+  moments, momentum, graft accumulators) follows the parameter. A leaf elsewhere with the
+  shape of parameters that all share one sharding, which splits them, follows them too (kfac-jax's diagonal
+  blocks: a 24B-parameter embedding's curvature split like the embedding, not copied to
+  every device). A stack of blocks (rank >= 3: Shampoo's statistics and roots) is spread
+  over all mesh axes together when the mesh size divides its length, which Shampoo's
+  padding to a multiple of the device count guarantees, so each device updates and roots
+  its share; another stack over the mesh axes whose combined size divides its length, as
+  many devices as possible. A square matrix (K-FAC's Kronecker factors and their inverses)
+  has its rows spread the same way. Everything else (counters, per-block root errors and
+  flags, a factor whose size no mesh axis divides) is replicated.
   """
   params = [(jax.tree_util.keystr(path), leaf.shape, sharding) for (path, leaf), sharding in zip(
       jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings))]
@@ -100,12 +104,21 @@ def optimizer_state_shardings(abstract_state, abstract_params, param_shardings, 
   # Most devices first; among equals all axes together, whose set comes first and the sort keeps.
   axis_sets.sort(key=lambda axes: -math.prod(mesh.shape[a] for a in axes))
 
+  # Shapes whose parameters all share one sharding that splits them.
+  by_shape = {}
+  for _, shape, sharding in params:
+    by_shape.setdefault(shape, set()).add(sharding)
+  split_shapes = {shape: next(iter(s)) for shape, s in by_shape.items()
+                  if len(s) == 1 and not next(iter(s)).is_fully_replicated}
+
   def choose(path, leaf):
     key = jax.tree_util.keystr(path)
     for param_path, shape, sharding in params:
       if key.endswith(param_path) and leaf.shape == shape:
         return sharding
-    if leaf.ndim >= 3:
+    if leaf.shape in split_shapes:
+      return split_shapes[leaf.shape]
+    if leaf.ndim >= 3 or (leaf.ndim == 2 and leaf.shape[0] == leaf.shape[1]):
       for axes in axis_sets:
         size = math.prod(mesh.shape[a] for a in axes)
         if size > 1 and leaf.shape[0] % size == 0:
