@@ -123,5 +123,5 @@ def test_report_md_from_the_sweeps(root, tmp_path):
 
 
 def test_unknown_config_is_one_line(capsys):
-  assert report.main(['--configs=lp_regression_adamw']) == 2
-  assert "unknown config 'lp_regression_adamw'" in capsys.readouterr().err
+  assert report.main(['--configs=lp_regression_lion']) == 2
+  assert "unknown config 'lp_regression_lion'" in capsys.readouterr().err
