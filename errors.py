@@ -14,6 +14,15 @@ class ConfigError(ValueError):
   """A setting the run cannot honour; the message names the field."""
 
 
+def check_fields(hp, fields, owner: str) -> None:
+  """ConfigError unless `hp` holds exactly `fields` (the hyperparameters `owner` reads)."""
+  unknown, missing = set(hp) - set(fields), set(fields) - set(hp)
+  if unknown:
+    raise ConfigError(f'unknown {owner} hyperparameters: {", ".join(sorted(unknown))}')
+  if missing:
+    raise ConfigError(f'missing {owner} hyperparameters: {", ".join(sorted(missing))}')
+
+
 def check_range(block, field: str, low, high, *, high_inclusive: bool = False, prefix: str = 'optimizer'):
   """Rejects block[field] outside [low, high) (or [low, high]), or not finite, naming `prefix.field`."""
   value = block[field]

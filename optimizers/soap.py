@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from errors import ConfigError, check_range
+from errors import ConfigError, check_fields, check_range
 from optimizers.shampoo import blocking
 from optimizers.shampoo import preconditioning
 from optimizers.shampoo.roots import HIGHEST
@@ -55,11 +55,7 @@ FIELDS = ('b1', 'b2', 'shampoo_beta', 'eps', 'precondition_frequency', 'max_prec
 
 
 def _validate(hp: dict) -> None:
-  unknown, missing = set(hp) - set(FIELDS), set(FIELDS) - set(hp)
-  if unknown:
-    raise ConfigError(f'unknown soap hyperparameters: {", ".join(sorted(unknown))}')
-  if missing:
-    raise ConfigError(f'missing soap hyperparameters: {", ".join(sorted(missing))}')
+  check_fields(hp, FIELDS, 'soap')
   check_range(hp, 'b1', 0.0, 1.0)
   check_range(hp, 'b2', 0.0, 1.0)
   check_range(hp, 'shampoo_beta', 0.0, 1.0, high_inclusive=True)

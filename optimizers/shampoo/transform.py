@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from errors import ConfigError, check_range
+from errors import ConfigError, check_fields, check_range
 from optimizers.shampoo import blocking
 from optimizers.shampoo import grafting
 from optimizers.shampoo import preconditioning
@@ -70,11 +70,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def _validate(hp: dict) -> None:
-  unknown, missing = set(hp) - set(FIELDS), set(FIELDS) - set(hp)
-  if unknown:
-    raise ConfigError(f'unknown shampoo hyperparameters: {", ".join(sorted(unknown))}')
-  if missing:
-    raise ConfigError(f'missing shampoo hyperparameters: {", ".join(sorted(missing))}')
+  check_fields(hp, FIELDS, 'shampoo')
   check_range(hp, 'block_size', 1, None)
   check_range(hp, 'beta1', 0.0, 1.0)
   check_range(hp, 'beta2', 0.0, 1.0, high_inclusive=True)
