@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 
-.PHONY: install plans demo diagnostics width-transfer report coord-check test lock clean
+.PHONY: install plans demo diagnostics width-transfer report tiny-targets coord-check test lock clean
 
 install: $(STAMP)
 
@@ -80,6 +80,13 @@ report: $(STAMP)
 	$(PY) -m results.report $(REPORT) --out=results/REPORT.md --figures=results/report \
 	    --cost=results/report/cost_cpu.md $(if $(wildcard results/report/cost_gpu.md),--cost=results/report/cost_gpu.md) \
 	    $(if $(wildcard results/report_discussion.md),--discussion=results/report_discussion.md)
+
+# Every tiny config as committed, 3 seeds, each stopping at its own target (launch/tiny_targets.py;
+# resumable): the table lands in results/tiny_targets.md; exits 1 when a seed missed its target.
+TINY_TARGETS := runs/tiny_targets
+tiny-targets: $(STAMP)
+	$(PY) -m launch.tiny_targets --root=$(TINY_TARGETS) --parallel=$(PARALLEL); code=$$?; \
+	  if [ -f $(TINY_TARGETS)/tiny_targets.md ]; then cp $(TINY_TARGETS)/tiny_targets.md results/; fi; exit $$code
 
 # The one-step coordinate check (trainer/coord_check.py): a table of width exponents per optimizer.
 coord-check: $(STAMP)

@@ -39,8 +39,11 @@ TASK_SETTINGS = {
     'dlrm': {'eval_every': 100},
 }
 LEARNING_RATE = report_md.LEARNING_RATE
-CONFIGS = tuple(sorted(os.path.splitext(os.path.basename(path))[0]
-                       for path in glob.glob(os.path.join(backends.ROOT, 'configs', '[a-z]*_*.py'))))
+# A `<task>_<optimizer>` config is one whose task has its shared `configs/_<task>.py` (which leaves out
+# configs/optimizer_defaults.py).
+TASKS = {os.path.basename(path)[1:-3] for path in glob.glob(os.path.join(backends.ROOT, 'configs', '_[a-z]*.py'))}
+CONFIGS = tuple(sorted(name for path in glob.glob(os.path.join(backends.ROOT, 'configs', '[a-z]*_*.py'))
+                       if (name := os.path.splitext(os.path.basename(path))[0]).rpartition('_')[0] in TASKS))
 
 
 def best_setting(sweep_dir: str, swept: set[str] | None = None) -> dict:

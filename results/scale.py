@@ -34,7 +34,8 @@ def _seconds(workdir: str) -> str:
     return '-'
 
 
-def _machine() -> str:
+def machine() -> str:
+  """This machine in a line, for the header of a measured table."""
   memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB
   versions = []
   for package in ('jax', 'libtpu'):
@@ -50,7 +51,7 @@ def markdown(root: str, names: list[str], command: str) -> str:
   lines = [
       '## Paper configs on their hardware',
       '',
-      f'Planned {datetime.date.today().isoformat()} on {_machine()} by `{command}` (each config:',
+      f'Planned {datetime.date.today().isoformat()} on {machine()} by `{command}` (each config:',
       '`python main.py --config=configs/<name>.py:paper --dry_run`). Per device: XLA\'s memory analysis',
       'of the compiled train step (arguments + outputs - donated + temporaries); a plan fits when the',
       'train and eval steps each need at most 90% of a device\'s memory. TPU programs are compiled',

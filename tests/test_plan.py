@@ -46,7 +46,7 @@ def test_dry_run_writes_only_the_plan_and_reads_no_data(tmp_path):
   assert plan['flops_per_step'] > 0 and shampoo['root_flops'] > 0
 
 
-@pytest.mark.parametrize('name', ['transformer_adam', 'dlrm_shampoo', 'resnet50_kfac', 'lp_regression_sgd'])
+@pytest.mark.parametrize('name', ['transformer_adam', 'dlrm_adagrad', 'resnet50_kfac', 'lp_regression_sgd'])
 def test_every_task_plans_without_its_data(name, tmp_path):
   batch = {'eval_batch_size': 256} if name.startswith('resnet50') else {}  # 250 does not split 8 ways
   config = load_config(name, data_dir=str(tmp_path / 'no-data'), **batch)
@@ -92,7 +92,7 @@ def test_a_tpu_plan_without_libtpu_says_how_to_install_it(monkeypatch):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (`make plans` installs it)')
 def test_a_tpu_plan_compiles_for_the_slice_itself(tmp_path):
-  result = _main('--config=configs/transformer_shampoo.py:tiny', '--dry_run', f'--workdir={tmp_path}',
+  result = _main('--config=configs/lp_regression_shampoo.py:tiny', '--dry_run', f'--workdir={tmp_path}',
                  '--config.hardware=tpu_v3_8')
   assert result.returncode == 0, result.stderr
   plan = json.loads((tmp_path / 'plan.json').read_text())

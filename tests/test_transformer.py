@@ -211,15 +211,12 @@ def test_tiny_training_lowers_loss_and_reports_bleu(tmp_path):
   assert summary['status'] == 'completed'
 
 
-@pytest.mark.parametrize('optimizer', ['shampoo', 'kfac'])
-def test_sharded_run_matches_single_device(tmp_path, optimizer):
-  """data=4 x model=2 (heads, feed-forward and vocabulary split over `model`) equals one device."""
-  common = dict(SMALLEST, num_steps=4, eval_every=4, task__bleu_sentences=0, schedule__warmup_steps=2)
-  if optimizer == 'shampoo':
-    common['optimizer__start_preconditioning_step'] = 2
-  else:  # K-FAC samples its curvature over all logits: a vocabulary both meshes pad to the same 256
-    common['task__vocab_size'] = 256
-  assert_sharded_run_matches_one_device(f'transformer_{optimizer}', tmp_path, data=4, model=2, **common)
+def test_sharded_run_matches_single_device(tmp_path):
+  """data=4 x model=2 (heads, feed-forward and vocabulary split over `model`) equals one device, with
+  Shampoo's block stacks sharded too (K-FAC's sharded factors: tests/test_kfac.py)."""
+  assert_sharded_run_matches_one_device('transformer_shampoo', tmp_path, data=4, model=2,
+                                        **dict(SMALLEST, num_steps=4, eval_every=4, task__bleu_sentences=0,
+                                               schedule__warmup_steps=2, optimizer__start_preconditioning_step=2))
 
 
 def loss_gradients_and_remat_policies(remat):
