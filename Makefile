@@ -1,22 +1,29 @@
 # `make demo`: install into .venv, train the tiny Transformer with Adam and with Shampoo (each
 # stops at its target), and compare them (table + PNG curves in runs/demo/compare).
 # `make test`: install/update .venv and run the whole suite (8 simulated CPU devices, 2 workers).
+# `make install ACCEL=cuda|tpu` adds the accelerator's pinned packages (requirements-<ACCEL>.lock) to
+# the CPU set; the stamp names the accelerator, so `make test` after a GPU install keeps the GPU.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+ACCEL ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
+ACCELS := cpu cuda tpu
+$(if $(filter $(ACCEL),$(ACCELS)),,$(error ACCEL=$(ACCEL) is not known: choose cpu, cuda or tpu))
+ACCEL_LOCK := $(if $(filter-out cpu,$(ACCEL)),requirements-$(ACCEL).lock)
+STAMP := $(VENV)/.installed-$(ACCEL)
 DEMO := runs/demo
 
 .PHONY: install plans demo diagnostics width-transfer report tiny-targets coord-check test lock clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock $(ACCEL_LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock $(if $(ACCEL_LOCK),-r $(ACCEL_LOCK))
+	$(if $(ACCEL_LOCK),,$(PY) -m pip uninstall --quiet --yes jax-cuda12-plugin jax-cuda12-pjrt 2>/dev/null || true)
 	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['test']))")
-	touch $(STAMP)
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
 	for optimizer in adam shampoo; do \
@@ -95,9 +102,8 @@ coord-check: $(STAMP)
 # Plans of every paper config on its hardware (main.py --dry_run; launch/plans.py), rendered into
 # docs/scale.md. TPU slices compile here through libtpu (the pinned `tpu` extra, ~700 MB), installed
 # into .venv when missing. Plans already in runs/plans are kept: delete it to plan afresh.
-LIBTPU := libtpu==0.0.42.1
 plans: $(STAMP)
-	$(PY) -m pip show libtpu >/dev/null 2>&1 || $(PY) -m pip install --quiet --no-deps $(LIBTPU)
+	$(PY) -m pip show libtpu >/dev/null 2>&1 || $(PY) -m pip install --quiet --no-deps -r requirements-tpu.lock
 	$(PY) -m launch.plans --root=runs/plans --parallel=$(PARALLEL) --out=docs/scale.md
 
 # Two pytest workers (pytest-xdist): the tests are mostly single-threaded XLA compilation. A test
@@ -108,13 +114,23 @@ test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Re-resolve the pinned direct dependencies of pyproject.toml into requirements.lock
-# (tf-keras without its dependencies: it would pull the full tensorflow wheel beside tensorflow-cpu).
+# (tf-keras without its dependencies: it would pull the full tensorflow wheel beside tensorflow-cpu),
+# then each accelerator extra with that lock as constraints: requirements-<accel>.lock holds only what
+# the extra adds (a dry run: nothing is downloaded beyond metadata).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet $$($(PYTHON) -c "import tomllib; print(' '.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('tf-keras')))")
 	.lock-venv/bin/pip install --quiet --no-deps $$(grep -o '"tf-keras==[^"]*"' pyproject.toml | tr -d '"')
 	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+	for accel in cuda tpu; do \
+	  .lock-venv/bin/pip install --quiet --dry-run --ignore-installed -c requirements.lock --report .lock-venv/$$accel.json \
+	      $$($(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['$$accel']))") || exit 1; \
+	  .lock-venv/bin/python -c "import json, sys; \
+	    locked = {line.strip().lower().replace('_', '-') for line in open('requirements.lock')}; \
+	    pins = sorted(f\"{p['metadata']['name']}=={p['metadata']['version']}\" for p in json.load(open(sys.argv[1]))['install']); \
+	    print('\n'.join(pin for pin in pins if pin.lower().replace('_', '-') not in locked))" .lock-venv/$$accel.json > requirements-$$accel.lock; \
+	done
 	rm -rf .lock-venv
 
 clean:

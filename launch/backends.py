@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 from launch import trial_status
@@ -206,6 +207,10 @@ def _remote_path(path: str) -> str:
 class Tpu(_Processes):
   """One `gcloud compute tpus tpu-vm ssh --worker=all` per trial, run one after another.
 
+  Before the first trial, a setup step (skipped with --no_setup) brings every worker to this
+  checkout: the files git tracks or would track go over as one archive (`tpu-vm scp --worker=all`),
+  are unpacked into --remote_dir, and `make install ACCEL=tpu` builds its .venv there. Both are
+  idempotent: unpacking keeps the files' times, so an unchanged lock installs nothing.
   The remote command is shell text: the checkout, the interpreter and every argument are quoted.
   Stopping the launcher stops gcloud; the processes on the workers are not signalled through ssh.
   """
@@ -216,13 +221,58 @@ class Tpu(_Processes):
     _require('gcloud', args.dry_run)
     super().__init__(sweep_dir, args.dry_run, [({}, None)])
     self._args, self._config_spec = args, config_spec
+    self._archive = os.path.join(sweep_dir, 'code.tar.gz')
+
+  def _gcloud(self, verb: str, *args: str, extra: tuple = ()) -> list[str]:
+    project = [f'--project={self._args.project}'] if self._args.project else []
+    return ['gcloud', 'compute', 'tpus', 'tpu-vm', verb, *args, f'--zone={self._args.zone}', *project,
+            '--worker=all', *extra]
+
+  def _ssh(self, remote: str) -> list[str]:
+    return self._gcloud('ssh', self._args.tpu, extra=(f'--command={remote}',))
 
   def command(self, trial) -> list[str]:
-    remote = (f'cd {_remote_path(self._args.remote_dir)} && '
-              + shlex.join([self._args.python, 'main.py', '--multihost', *trial.main_args(self._config_spec)]))
-    project = [f'--project={self._args.project}'] if self._args.project else []
-    return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', self._args.tpu, f'--zone={self._args.zone}',
-            *project, '--worker=all', f'--command={remote}']
+    return self._ssh(f'cd {_remote_path(self._args.remote_dir)} && '
+                     + shlex.join([self._args.python, 'main.py', '--multihost', *trial.main_args(self._config_spec)]))
+
+  def setup_commands(self) -> list[list[str]]:
+    """Copy the archive to every worker, unpack it into the checkout and install the TPU set there."""
+    remote_dir, archive = _remote_path(self._args.remote_dir), '~/shampoo-bench-code.tar.gz'
+    return [self._gcloud('scp', self._archive, f'{self._args.tpu}:{archive}'),
+            self._ssh(f'mkdir -p {remote_dir} && tar -xzf {archive} -C {remote_dir} && cd {remote_dir} && '
+                      + shlex.join(['make', 'install', 'ACCEL=tpu', f'PYTHON={self._args.venv_python}']))]
+
+  def _pack(self) -> None:
+    listed = subprocess.run(['git', '-C', ROOT, 'ls-files', '--cached', '--others', '--exclude-standard', '-z'],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+      raise BackendError(f'the TPU setup copies the git checkout, and {ROOT} is not one: {listed.stderr.strip()}')
+    os.makedirs(os.path.dirname(self._archive), exist_ok=True)
+    files = [name for name in listed.stdout.split('\0') if name and os.path.exists(os.path.join(ROOT, name))]
+    with tarfile.open(self._archive + '.tmp', 'w:gz') as archive:
+      for name in files:
+        archive.add(os.path.join(ROOT, name), arcname=name, recursive=False)
+    os.replace(self._archive + '.tmp', self._archive)
+
+  def run(self, pending, index) -> int:
+    if pending and not self._args.no_setup:
+      if self._dry_run:
+        for command in self.setup_commands():
+          print(shlex.join(command))
+      else:
+        self._pack()
+        log = os.path.join(self._logs, 'setup.log')
+        os.makedirs(self._logs, exist_ok=True)
+        with open(log, 'w') as f:
+          for command in self.setup_commands():
+            f.write(f'# {shlex.join(command)}\n')
+            f.flush()
+            code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+              print(f'setup on the workers failed (exit {code}); log {log}; no trial started', flush=True)
+              return 1
+        print(f'setup: the checkout and its .venv are in {self._args.remote_dir} on every worker', flush=True)
+    return super().run(pending, index)
 
 
 class Slurm:
@@ -238,6 +288,8 @@ class Slurm:
       if getattr(args, name) < 1:
         raise BackendError(f'--{name}={getattr(args, name)} must be at least 1')
     _require('sbatch', args.dry_run)
+    if not args.dry_run and shutil.which(os.path.join(ROOT, args.python)) is None and shutil.which(args.python) is None:
+      raise BackendError(f'--python={args.python} is not an interpreter in {ROOT}: run `make install ACCEL=cuda` there')
     self._args, self._config_spec, self._sweep_dir = args, config_spec, sweep_dir
     self._dry_run = args.dry_run
     self._logs = os.path.join(sweep_dir, 'logs')

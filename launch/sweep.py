@@ -221,7 +221,11 @@ def _parse(argv):
   parser.add_argument('--zone', help='tpu: its zone')
   parser.add_argument('--project', help='tpu: its project (default: gcloud config)')
   parser.add_argument('--remote_dir', default='~/shampoo-bench', help='tpu: the checkout on every worker')
-  parser.add_argument('--python', default='python3', help='tpu / slurm: the interpreter on the hosts')
+  parser.add_argument('--python', default='.venv/bin/python',
+                      help="tpu / slurm: the interpreter on the hosts, from the checkout (default: its .venv's)")
+  parser.add_argument('--no_setup', action='store_true',
+                      help='tpu: do not copy this checkout to the workers and `make install ACCEL=tpu` there first')
+  parser.add_argument('--venv_python', default='python3', help="tpu setup: the Python (>= 3.11) the workers' .venv uses")
   parser.add_argument('--nodes', type=int, default=1, help='slurm: nodes per trial')
   parser.add_argument('--gpus_per_node', type=int, default=8, help='slurm: one process per GPU')
   parser.add_argument('--time', default='24:00:00', help='slurm: time limit per trial')

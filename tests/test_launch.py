@@ -169,8 +169,9 @@ def test_dry_runs_print_commands_for_pending_trials_only(tmp_path):
 
   tpu = launch_sweep(sweep_file, sweep_dir, '--backend=tpu', '--tpu=pod', '--zone=us-central2-b', '--dry_run')
   assert tpu.returncode == 0, tpu.stderr
-  commands = [line for line in tpu.stdout.splitlines() if line.startswith('gcloud')]
-  assert len(commands) == 2 and all('--worker=all' in c and 'main.py --multihost' in c for c in commands)
+  copy, install, *commands = [line for line in tpu.stdout.splitlines() if line.startswith('gcloud')]
+  assert copy.startswith('gcloud compute tpus tpu-vm scp ') and 'make install ACCEL=tpu' in install
+  assert len(commands) == 2 and all('--worker=all' in c and '.venv/bin/python main.py --multihost' in c for c in commands)
   assert 'learning_rate=0.02' in commands[0] and 'learning_rate=0.01' not in tpu.stdout.split('\n', 1)[1]
 
   slurm = launch_sweep(sweep_file, sweep_dir, '--backend=slurm', '--nodes=2', '--gpus_per_node=4', '--dry_run')
@@ -180,7 +181,7 @@ def test_dry_runs_print_commands_for_pending_trials_only(tmp_path):
   assert submit[0] == 'sbatch' and submit[-1] == f'{sweep_dir}/sweep.sbatch'
   assert {'--array=0-1', '--nodes=2', '--ntasks-per-node=4'} <= set(submit)
   assert script.startswith('#!/bin/bash') and '#SBATCH' not in script
-  assert 'srun python3 main.py --multihost "${TRIAL[@]}"' in script
+  assert 'srun .venv/bin/python main.py --multihost "${TRIAL[@]}"' in script
   assert script.count('; TRIAL=(') == 2
   bash = subprocess.run(['bash', '-n'], input=script, text=True, capture_output=True)
   assert bash.returncode == 0, bash.stderr

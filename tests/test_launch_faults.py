@@ -59,12 +59,24 @@ sys.exit(behaviour.get('exit', 0))
 '''
 
 FAKE_GCLOUD = '''
-"""gcloud, faked: records its arguments and has bash run the --command text, as ssh has each worker's shell."""
-import json, os, subprocess, sys
+"""gcloud, faked: records its arguments; `scp` copies to the path after `<tpu>:` (~ is $HOME), `ssh` has
+bash run the --command text, as ssh has each worker's shell."""
+import json, os, shutil, subprocess, sys
 with open(os.environ['FAKE_CALLS'], 'a') as f:
   f.write(json.dumps(sys.argv[1:]) + '\\n')
+if sys.argv[4] == 'scp':
+  shutil.copy(sys.argv[5], os.path.expanduser(sys.argv[6].split(':', 1)[1]))
+  sys.exit(0)
 command = next(arg[len('--command='):] for arg in sys.argv if arg.startswith('--command='))
 sys.exit(subprocess.run(['bash', '-c', command]).returncode)
+'''
+
+FAKE_MAKE = '''
+"""make, faked: records its arguments and where it ran."""
+import json, os, sys
+with open(os.environ['FAKE_CALLS'], 'a') as f:
+  f.write(json.dumps({'make': sys.argv[1:], 'cwd': os.getcwd()}) + '\\n')
+sys.exit(int(os.environ.get('FAKE_MAKE_EXIT', 0)))
 '''
 
 FAKE_SBATCH = '''
@@ -112,6 +124,7 @@ def fakes(tmp_path):
   program(bin_dir / 'gcloud', FAKE_GCLOUD)
   program(bin_dir / 'sbatch', FAKE_SBATCH)
   program(bin_dir / 'srun', '#!/bin/sh\nexec "$@"\n')
+  program(bin_dir / 'make', FAKE_MAKE)
   calls = tmp_path / 'calls.jsonl'
   env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', FAKE_CALLS=str(calls))
   return env, calls
@@ -171,10 +184,15 @@ def test_tpu_flags_reach_gcloud_as_argv_and_the_workers_shell_quoted(tmp_path, f
                   dict(env, HOME=str(tmp_path / 'home')))
   assert result.returncode == 0, result.stdout + result.stderr
   assert os.listdir(markers) == []
-  recorded = calls(calls_file)
+  copy, install, make, *recorded = calls(calls_file)
+  # The setup: this checkout's files go to every worker, unpacked into the checkout there, then its .venv.
+  assert copy == ['compute', 'tpus', 'tpu-vm', 'scp', f'{sweep_dir}/code.tar.gz', f'pod{payload}:~/shampoo-bench-code.tar.gz',
+                  f'--zone=zone{payload}', f'--project=project{payload}', '--worker=all']
+  assert make == {'make': ['install', 'ACCEL=tpu', 'PYTHON=python3'], 'cwd': str(remote)}
+  assert os.path.getmtime(remote / 'main.py') == os.path.getmtime(os.path.join(ROOT, 'main.py'))  # an unchanged lock reinstalls nothing
   assert len(recorded) == 4
   assert all(call[:8] == ['compute', 'tpus', 'tpu-vm', 'ssh', f'pod{payload}', f'--zone=zone{payload}',
-                          f'--project=project{payload}', '--worker=all'] for call in recorded)
+                          f'--project=project{payload}', '--worker=all'] for call in [install, *recorded])
   for trial_id, learning_rate in zip(IDS, (0.01, 0.02, 0.03, 0.04)):
     seen = trial_argv(sweep_dir, trial_id)
     assert seen['cwd'] == str(remote)  # ~ expanded by the remote shell, the rest of the path quoted
@@ -235,7 +253,7 @@ def test_a_failed_tpu_command_is_a_failed_trial_with_its_log_and_runs_again(tmp_
   python = program(tmp_path / 'bin' / 'python', FAKE_PYTHON)
   sweep_dir = str(tmp_path / 'sweep')
   args = sweep_args(tmp_path, '--backend=tpu', '--tpu=pod', '--zone=z', f'--remote_dir={tmp_path}',
-                    f'--python={python}')
+                    f'--python={python}', '--no_setup')
   result = launch(args, dict(env, FAKE_TRIAL=json.dumps(REMOTE_ENDINGS)))
   assert result.returncode == 1, result.stdout + result.stderr
   entries = index(sweep_dir)
@@ -256,6 +274,16 @@ def test_a_failed_tpu_command_is_a_failed_trial_with_its_log_and_runs_again(tmp_
   assert [entries[i]['status'] for i in IDS] == ['completed'] * 3 + ['diverged']
   assert not any('exit_code' in entry or 'log' in entry for entry in entries.values())
   assert not any(os.path.exists(f'{sweep_dir}/{i}/{trial_status.FAILED_FILE}') for i in IDS)
+
+
+def test_a_failed_tpu_setup_starts_no_trial_and_keeps_its_log(tmp_path, fakes):
+  env, calls_file = fakes
+  args = sweep_args(tmp_path, '--backend=tpu', '--tpu=pod', '--zone=z', f'--remote_dir={tmp_path / "checkout"}')
+  result = launch(args, dict(env, FAKE_MAKE_EXIT='2'))
+  log = f'{tmp_path}/sweep/logs/setup.log'
+  assert result.returncode == 1 and f'setup on the workers failed (exit 2); log {log}; no trial started' in result.stdout
+  assert len(calls(calls_file)) == 3  # scp, the setup's ssh and make: no trial's ssh
+  assert all(entry['status'] == 'pending' for entry in index(f'{tmp_path}/sweep').values())
 
 
 def test_a_failed_slurm_task_is_a_failed_trial_with_its_log(tmp_path, fakes):
