@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import trainer
+from trainer import loop
 from errors import ConfigError
 from conftest import ROOT, load_config
 from tasks.lp_regression import LpRegression
@@ -124,19 +125,18 @@ def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
   common = dict(num_steps=40, log_every=5, eval_every=10, checkpoint_every=15)
   straight = run(tmp_path, workdir='straight', **common)
 
-  original = LpRegression.train_data
+  progress = loop._Progress.__call__
 
-  def terminated_at_step_20(self, process_index, process_count, start_step):
-    for step, batch in enumerate(original(self, process_index, process_count, start_step), start_step):
-      if step == 20:  # the batch of step 21 is fetched right after step 20 ran
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
+  def terminated_after_step_19(self, step, t):  # in the loop's thread, once per step
+    if step == 19:
+      os.kill(os.getpid(), signal.SIGTERM)  # seen at step 20, where the handler lets the run stop
+    return progress(self, step, t)
 
-  monkeypatch.setattr(LpRegression, 'train_data', terminated_at_step_20)
+  monkeypatch.setattr(loop._Progress, '__call__', terminated_after_step_19)
   first = run(tmp_path, workdir='resumed', **common)
   assert first['status'] == 'interrupted' and first['step'] == 20 and first['signal'] == 'SIGTERM'
   assert checkpoint_leaves(tmp_path / 'resumed')[0] == 20
-  monkeypatch.setattr(LpRegression, 'train_data', original)
+  monkeypatch.setattr(loop._Progress, '__call__', progress)
   second = run(tmp_path, workdir='resumed', **common)
   assert second['status'] == 'completed' and second['step'] == 40
 

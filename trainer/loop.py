@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import optimizers
 import tasks
 from errors import ConfigError
-from trainer import diagnostics, partitioning, timing, workdir as workdirs, writers
+from trainer import diagnostics, partitioning, prefetch, timing, workdir as workdirs, writers
 from trainer.checkpoints import Checkpointer
 
 # Steps dispatched ahead of the host. Enough to keep a device busy; unbounded
@@ -524,64 +524,67 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
   timer.start_training()
   progress(step, timer.train_seconds)
   batch = steps.first_batch
-  while status is None:
-    state, metrics = steps.train(state, batch)
-    step += 1
-    window.append(metrics)
-    if len(window) > MAX_STEPS_IN_FLIGHT:
-      window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
-    if step < num_steps:
-      batch = partitioning.global_batch(next(steps.train_data), setup.shardings.batch)
-    stopping = stop.requested(agree=step % intervals.log_every == 0)
-    if step % intervals.log_every == 0 or step in flush_steps or stopping:
-      fetched = jax.device_get(window)
-      window = []
-      losses = np.array([m['loss'] for m in fetched])
-      if not np.all(np.isfinite(losses)):
-        bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-        status = diverged(bad + 1, 'train/loss', steps.first_non_finite(state))
-        break
-      # Window means, except counters and optimizer-state shares: their value at the window's end.
-      means = {k: float(fetched[-1][k] if k.endswith(AT_WINDOW_END) else np.mean([m[k] for m in fetched]))
-               for k in fetched[0]}
-      summary['final_train'] = means
-      writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-      progress.loss = means['loss']
-      if is_main and not warned_roots and _warn_on_failed_roots(means, step):
-        warned_roots = True
-    progress(step, timer.train_seconds)
-    if step % intervals.eval_every == 0 or step == num_steps:
-      with timer.pause('eval', state):
-        eval_metrics = steps.evaluate(state, step)
-      non_finite = [k for k, v in eval_metrics.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
-      if non_finite:  # a finite train loss can still evaluate to inf
-        status = diverged(step, f'eval/{non_finite[0]}', steps.first_non_finite(state))
-        break
-      summary['final_eval'] = eval_metrics
-      writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-      if meta['steps_to_target'] is None and target.reached(eval_metrics):
-        meta['steps_to_target'] = step
-        meta['train_seconds_to_target'] = timer.train_seconds
-        if is_main:
-          print(f'target {target.metric} {target.direction} {target.value:g} reached at step {step}',
-                flush=True)
-      if meta['steps_to_target'] is not None and intervals.stop_at_target:
-        status = REACHED_TARGET
-    if steps.diagnose and step % intervals.diagnostics_every == 0:
-      log_diagnostics(state, step)
-    if step % intervals.checkpoint_every == 0 or stopping or status or step == num_steps:
-      with timer.pause('checkpoint', state):
-        leaf = steps.first_non_finite(state)
-        if leaf is None:
-          checkpointer.save(step, state, {**meta, **timer.totals()})
-      if leaf is not None:  # finite losses, but an update since the last save left a non-finite value
-        status = diverged(step, None, leaf)
-        break
-    if stopping and status is None:
-      status = INTERRUPTED
-      summary['signal'] = signal.Signals(stop.signal).name
-    elif step == num_steps and status is None:
-      status = COMPLETED
+  place = lambda batch: partitioning.global_batch(batch, setup.shardings.batch)
+  with contextlib.closing(prefetch.Prefetcher(steps.train_data, place, count=num_steps - step - 1)) as batches:
+    while status is None:
+      state, metrics = steps.train(state, batch)
+      step += 1
+      window.append(metrics)
+      if len(window) > MAX_STEPS_IN_FLIGHT:
+        window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
+      if step < num_steps:
+        batch, waited = batches.get()
+        timer.seconds[timing.INPUT_WAIT] += waited
+      stopping = stop.requested(agree=step % intervals.log_every == 0)
+      if step % intervals.log_every == 0 or step in flush_steps or stopping:
+        fetched = jax.device_get(window)
+        window = []
+        losses = np.array([m['loss'] for m in fetched])
+        if not np.all(np.isfinite(losses)):
+          bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+          status = diverged(bad + 1, 'train/loss', steps.first_non_finite(state))
+          break
+        # Window means, except counters and optimizer-state shares: their value at the window's end.
+        means = {k: float(fetched[-1][k] if k.endswith(AT_WINDOW_END) else np.mean([m[k] for m in fetched]))
+                 for k in fetched[0]}
+        summary['final_train'] = means
+        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+        progress.loss = means['loss']
+        if is_main and not warned_roots and _warn_on_failed_roots(means, step):
+          warned_roots = True
+      progress(step, timer.train_seconds)
+      if step % intervals.eval_every == 0 or step == num_steps:
+        with timer.pause('eval', state):
+          eval_metrics = steps.evaluate(state, step)
+        non_finite = [k for k, v in eval_metrics.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
+        if non_finite:  # a finite train loss can still evaluate to inf
+          status = diverged(step, f'eval/{non_finite[0]}', steps.first_non_finite(state))
+          break
+        summary['final_eval'] = eval_metrics
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+        if meta['steps_to_target'] is None and target.reached(eval_metrics):
+          meta['steps_to_target'] = step
+          meta['train_seconds_to_target'] = timer.train_seconds
+          if is_main:
+            print(f'target {target.metric} {target.direction} {target.value:g} reached at step {step}',
+                  flush=True)
+        if meta['steps_to_target'] is not None and intervals.stop_at_target:
+          status = REACHED_TARGET
+      if steps.diagnose and step % intervals.diagnostics_every == 0:
+        log_diagnostics(state, step)
+      if step % intervals.checkpoint_every == 0 or stopping or status or step == num_steps:
+        with timer.pause('checkpoint', state):
+          leaf = steps.first_non_finite(state)
+          if leaf is None:
+            checkpointer.save(step, state, {**meta, **timer.totals()})
+        if leaf is not None:  # finite losses, but an update since the last save left a non-finite value
+          status = diverged(step, None, leaf)
+          break
+      if stopping and status is None:
+        status = INTERRUPTED
+        summary['signal'] = signal.Signals(stop.signal).name
+      elif step == num_steps and status is None:
+        status = COMPLETED
   timer.stop_training(state)
   return state, step, status
 
