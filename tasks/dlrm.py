@@ -31,6 +31,8 @@ from errors import ConfigError
 from tasks import losses
 from tasks.base import Task, abstract_global_batch, width_ratio
 
+EVAL_CACHE_BYTES = 2 * 2**30  # a process's parsed eval rows above this are streamed at every pass
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -106,6 +108,7 @@ class ClickThrough(Task):
                             (f'{last}/kernel', 'output'), (f'{last}/bias', 'fixed'),
                             (r'.*/bias', 'input'), (r'.*/kernel', 'hidden'))
     self.data_dir = os.path.join(os.path.expanduser(config.data_dir), os.path.expanduser(task.dataset))
+    self._eval_cache = {}  # (process index, process count) -> the parsed eval batches of this process
 
   @property
   def width(self) -> int:
@@ -138,8 +141,24 @@ class ClickThrough(Task):
                                 self.config.seed, start_step, process_index, process_count)
 
   def eval_data(self, process_index, process_count):
-    return criteo.eval_batches(self._prepared(), self.config.task.table_sizes, self.config.eval_batch_size,
-                               process_index, process_count, self.config.task.max_eval_examples)
+    """The eval split, parsed once per run where this process's rows fit in EVAL_CACHE_BYTES: every
+    evaluation reads it twice (log loss, then the AUC's predictions), and parsing the TSV dominates."""
+    cached = self._eval_cache.get((process_index, process_count))
+    return iter(cached) if cached is not None else self._read_eval(process_index, process_count)
+
+  def _read_eval(self, process_index, process_count):
+    kept, size = [], 0
+    for batch in criteo.eval_batches(self._prepared(), self.config.task.table_sizes, self.config.eval_batch_size,
+                                     process_index, process_count, self.config.task.max_eval_examples):
+      if kept is not None:
+        size += sum(array.nbytes for array in batch.values())
+        if size <= EVAL_CACHE_BYTES:
+          kept.append(batch)
+        else:
+          kept = None  # streamed at every pass instead
+      yield batch
+    if kept is not None:  # only a whole pass is kept
+      self._eval_cache[(process_index, process_count)] = kept
 
   def decode_data(self, process_index, process_count):
     for i, batch in enumerate(self.eval_data(process_index, process_count)):

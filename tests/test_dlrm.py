@@ -109,3 +109,23 @@ def test_the_paper_run_is_one_epoch_of_criteo_1tb():
   config = load_config('dlrm_adam', 'paper')
   examples = 4_195_197_692
   assert (config.num_steps - 1) * config.global_batch_size < examples <= config.num_steps * config.global_batch_size
+
+
+@pytest.mark.parametrize('cache_bytes, reads', [(2**30, 1), (1000, 3)])
+def test_the_eval_split_is_parsed_once_per_run_when_it_fits(monkeypatch, cache_bytes, reads):
+  """An evaluation reads the split twice (log loss, then the AUC's predictions); parsed rows that
+  fit are kept, and give the same batches; larger ones are streamed at every pass."""
+  monkeypatch.setattr('tasks.dlrm.EVAL_CACHE_BYTES', cache_bytes)
+  parsed = []
+  eval_batches = criteo.eval_batches
+  monkeypatch.setattr(criteo, 'eval_batches', lambda *args: parsed.append(args) or eval_batches(*args))
+  task = ClickThrough(load_config('dlrm_adam', **SMALL))
+  task.prepare_data()
+  first = list(task.eval_data(0, 1))
+  again = list(task.eval_data(0, 1))
+  decoded = list(task.decode_data(0, 1))
+  assert len(parsed) == reads
+  for a, b, c in zip(first, again, decoded, strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+      np.testing.assert_array_equal(a[key], c[key])
