@@ -1,0 +1,142 @@
+"""Input pipelines: how fast each task's real reader feeds one host, what a resume costs, and how long
+the step waits for its batch.
+
+    python bench/input_pipeline.py [--tasks=transformer,bert,dlrm,resnet50] [--batch=tiny|paper|N] [--batches=200]
+        [--late_step=2000] [--wait_steps=200] [--reader_ms=40] [--quick]
+
+Reader table: per task, its `tiny` config's real reader on the offline generated data (tfds
+builders, TFRecords, Criteo TSV, JPEGs; generated first if missing) at `--batch` (`tiny`: the
+tiny config's; `paper`: the paper config's global batch; or a number), one process: examples/s
+over `--batches` batches after the first, and seconds to the first batch of a reader started at
+step 1 and at `--late_step` (what a resume there pays).
+Wait table: the tiny Transformer trained `--wait_steps` steps in this process with its reader
+slowed by `--reader_ms` per batch (still faster than the step), with batches read ahead
+(trainer/prefetch.py) and, for comparison, read in the loop's thread when asked for: the share
+of train-seconds the loop waited for input. `--quick`: 20 batches, late step 200, 60 wait steps.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import importlib  # noqa: E402
+
+import jax  # noqa: E402
+
+import tasks  # noqa: E402
+import trainer  # noqa: E402
+from errors import ArgumentParser  # noqa: E402
+from trainer import prefetch  # noqa: E402
+
+TASKS = ('transformer', 'bert', 'dlrm', 'resnet50')
+
+
+def load_config(task: str, **overrides):
+  config = importlib.import_module(f'configs.{task}_adam').get_config('tiny')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def reader_row(task_name: str, batch: str, batches: int, late_step: int) -> str:
+  sizes = {'tiny': None, 'paper': importlib.import_module(f'configs.{task_name}_adam').get_config('paper').global_batch_size}
+  size = sizes[batch] if batch in sizes else int(batch)
+  config = load_config(task_name, **({'global_batch_size': size} if size else {}))
+  task = tasks.get(task_name)(config)
+  task.prepare_data()
+  start = time.perf_counter()
+  stream = task.train_data(0, 1, 0)
+  next(stream)
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(stream)
+  per_second = batches * config.global_batch_size / (time.perf_counter() - start)
+  resume = {}
+  for step in (1, late_step):
+    start = time.perf_counter()
+    next(task.train_data(0, 1, step))
+    resume[step] = time.perf_counter() - start
+  return (f'| {task_name} | {config.global_batch_size} | {per_second:,.0f} | {first:.2f} | '
+          f'{resume[1]:.2f} | {resume[late_step]:.2f} |')
+
+
+class _ReadWhenAsked:
+  """The Prefetcher's interface, reading in the loop's thread when the loop asks (no read-ahead)."""
+
+  def __init__(self, batches, place, count, depth=prefetch.DEPTH):
+    self._batches, self._place = batches, place
+
+  def get(self):
+    start = time.perf_counter()
+    batch = self._place(next(self._batches))
+    return batch, time.perf_counter() - start
+
+  def close(self):
+    pass
+
+
+def wait_row(label: str, prefetcher, steps: int, reader_ms: float) -> str:
+  task_class = tasks.get('transformer')
+  original = task_class.train_data
+
+  def slowed(self, process_index, process_count, start_step):
+    for batch in original(self, process_index, process_count, start_step):
+      time.sleep(reader_ms / 1000)
+      yield batch
+
+  config = load_config('transformer', num_steps=steps, eval_every=steps, checkpoint_every=steps,
+                       **{'task.bleu_sentences': 0, 'schedule.warmup_steps': steps // 4})
+  task_class.train_data, saved = slowed, prefetch.Prefetcher
+  prefetch.Prefetcher = prefetcher
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      summary = trainer.run(config, workdir, 'transformer_adam', devices=jax.devices()[:1])
+  finally:
+    task_class.train_data, prefetch.Prefetcher = original, saved
+  train, waited = summary['train_seconds'], summary['input_wait_seconds']
+  return (f'| {label} | {steps} | {1000 * train / steps:.1f} | {reader_ms:g} | {waited:.2f} | '
+          f'{100 * waited / train:.1f}% |')
+
+
+def main(argv=None) -> int:
+  parser = ArgumentParser(prog='python bench/input_pipeline.py', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--tasks', default=','.join(TASKS), help='comma-separated, from ' + ', '.join(TASKS))
+  parser.add_argument('--batch', default='tiny',
+                      help="the reader table's global batch: tiny (the tiny config's), paper (the paper config's) or a number")
+  parser.add_argument('--batches', type=int, default=200)
+  parser.add_argument('--late_step', type=int, default=2000)
+  parser.add_argument('--wait_steps', type=int, default=200)
+  parser.add_argument('--reader_ms', type=float, default=40.0)
+  parser.add_argument('--quick', action='store_true')
+  args = parser.parse_args(argv)
+  names = [name for name in args.tasks.split(',') if name]
+  unknown = sorted(set(names) - set(TASKS))
+  if unknown:
+    parser.error(f'unknown tasks {", ".join(unknown)}: choose among {", ".join(TASKS)}')
+  if args.batch not in ('tiny', 'paper') and not args.batch.isdigit():
+    parser.error(f'--batch={args.batch} must be tiny, paper or a number of examples')
+  if args.quick:
+    args.batches, args.late_step, args.wait_steps = 20, 200, 60
+  print('| task | global batch | examples/s | first batch (s) | resume at step 1 (s) | '
+        f'resume at step {args.late_step} (s) |\n|---|---|---|---|---|---|', flush=True)
+  for name in names:
+    with contextlib.redirect_stdout(sys.stderr):  # data generation's progress lines
+      row = reader_row(name, args.batch, args.batches, args.late_step)
+    print(row, flush=True)
+  print('\n| tiny Transformer, reader | steps | ms / step | reader ms / batch | input wait (s) | '
+        'share of train-seconds |\n|---|---|---|---|---|---|', flush=True)
+  for label, prefetcher in (('read ahead (trainer/prefetch.py)', prefetch.Prefetcher),
+                            ('read when asked, in the loop', _ReadWhenAsked)):
+    with contextlib.redirect_stdout(sys.stderr):  # the run's progress lines
+      row = wait_row(label, prefetcher, args.wait_steps, args.reader_ms)
+    print(row, flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
