@@ -5,12 +5,15 @@
 
 Each config runs unchanged (its learning rate, schedule, budget and target) with `stop_at_target`,
 a launch.sweep per config into `<root>/<name>`: first seed 0 of every config (launch/sweeps/committed.py),
-then seeds 1 and 2 (launch/sweeps/seeds.py) when `--seeds=3`. Resumable: finished trials are kept.
+then seeds 1 and 2 (launch/sweeps/seeds.py) when `--seeds=3`. Resumable: finished trials are kept;
+kept runs of a former setting of a config are refused (exit 2), never counted as its seeds.
 Prints, and writes to `<root>/tiny_targets.md`, each config's steps to target per seed; exits 1
 when a seed missed its target.
 """
 
 import datetime
+import glob
+import json
 import math
 import os
 import sys
@@ -20,6 +23,21 @@ from launch import report, sweep
 from results import runs as runs_lib, scale
 
 TABLE_FILE = 'tiny_targets.md'
+IGNORED = {'seed', 'stop_at_target', 'data_dir'}  # what the tool sets per run, and where data lives
+
+
+def former_setting(name: str, root: str) -> str | None:
+  """The top-level config fields in which a run kept under `<root>/<name>` differs from the config as
+  committed now (it would be counted as one of its seeds), or None."""
+  config, _, _ = sweep.load_config(f'configs/{name}.py:tiny')
+  committed = json.loads(config.to_json_best_effort())
+  for path in sorted(glob.glob(os.path.join(root, name, '*', 'config.json'))):
+    with open(path) as f:
+      kept = json.load(f)
+    differ = sorted(key for key in committed.keys() - IGNORED if kept.get(key) != committed[key])
+    if differ:
+      return f'{os.path.dirname(path)} ({", ".join(differ)})'
+  return None
 
 
 def run_seeds(names: list[str], root: str, sweep_file: str, parallel: int) -> int:
@@ -68,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: unknown config {unknown[0]!r}; choose from {", ".join(report.CONFIGS)}', file=sys.stderr)
     return 2
   try:
+    for name in names:
+      if (former := former_setting(name, args.root)) is not None:
+        print(f'error: {former} ran a former setting of {name}; remove {os.path.join(args.root, name)} '
+              'to measure the committed one', file=sys.stderr)
+        return 2
     code = run_seeds(names, args.root, 'committed.py', args.parallel)
     if not code and args.seeds == 3:
       code = run_seeds(names, args.root, 'seeds.py', args.parallel)

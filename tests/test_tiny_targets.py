@@ -39,6 +39,18 @@ def test_the_tool_runs_a_config_as_committed_and_tabulates_its_seeds(tmp_path, c
   assert tiny_targets.main(['--configs=lp_regression_sgd', f'--root={root}', '--seeds=1']) == 1
   assert '| — | 0/1 |' in capsys.readouterr().out
 
+  # A run of a former setting (here its schedule) would count as a seed of the committed config: refused.
+  config_path = os.path.join(os.path.dirname(summary_path), 'config.json')
+  with open(config_path) as f:
+    config = json.load(f)
+  config['schedule']['warmup_steps'] += 1
+  with open(config_path, 'w') as f:
+    json.dump(config, f)
+  assert tiny_targets.main(['--configs=lp_regression_sgd', f'--root={root}', '--seeds=1']) == 2
+  assert capsys.readouterr().err == (
+      f'error: {os.path.dirname(summary_path)} (schedule) ran a former setting of lp_regression_sgd; '
+      f'remove {root}/lp_regression_sgd to measure the committed one\n')
+
 
 def test_an_unknown_config_is_one_line_and_exit_2(tmp_path, capsys):
   assert tiny_targets.main(['--configs=lp_regression_nothing', f'--root={tmp_path}']) == 2
