@@ -10,7 +10,8 @@ import trainer
 from conftest import load_config
 from launch import report, tiny_targets
 
-CHEAP = [name for name in report.CONFIGS if name.startswith('lp_regression_')]
+# lp_regression_sgd reaches its target in the tool's test below.
+CHEAP = [name for name in report.CONFIGS if name.startswith('lp_regression_') and name != 'lp_regression_sgd']
 
 
 @pytest.mark.parametrize('name', CHEAP)
