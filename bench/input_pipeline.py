@@ -43,9 +43,10 @@ def load_config(task: str, **overrides):
 
 
 def reader_row(task_name: str, batch: str, batches: int, late_step: int) -> str:
-  sizes = {'tiny': None, 'paper': importlib.import_module(f'configs.{task_name}_adam').get_config('paper').global_batch_size}
-  size = sizes[batch] if batch in sizes else int(batch)
-  config = load_config(task_name, **({'global_batch_size': size} if size else {}))
+  config = load_config(task_name)
+  if batch != 'tiny':
+    config.global_batch_size = (importlib.import_module(f'configs.{task_name}_adam').get_config('paper').global_batch_size
+                                if batch == 'paper' else int(batch))
   task = tasks.get(task_name)(config)
   task.prepare_data()
   start = time.perf_counter()

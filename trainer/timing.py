@@ -14,13 +14,14 @@ import jax
 PHASES = ('train', 'compile', 'eval', 'checkpoint', 'diagnostics')
 # Part of `train`, counted beside it: the loop waiting for its next batch (trainer/prefetch.py).
 INPUT_WAIT = 'input_wait'
+COUNTERS = (*PHASES, INPUT_WAIT)  # each a `<name>_seconds` total that checkpoints keep
 
 
 class RunTimer:
 
   def __init__(self, totals: dict[str, float] | None = None):
     totals = totals or {}
-    self.seconds = {phase: totals.get(f'{phase}_seconds', 0.0) for phase in (*PHASES, INPUT_WAIT)}
+    self.seconds = {phase: totals.get(f'{phase}_seconds', 0.0) for phase in COUNTERS}
     self._previous_total = totals.get('total_seconds', 0.0)
     self._started = time.perf_counter()
     self._train_since = None
@@ -68,7 +69,7 @@ class RunTimer:
 
   def totals(self) -> dict[str, float]:
     """What a checkpoint stores and summary.json reports."""
-    out = {f'{phase}_seconds': self.seconds[phase] for phase in (*PHASES, INPUT_WAIT)}
+    out = {f'{phase}_seconds': self.seconds[phase] for phase in COUNTERS}
     out['train_seconds'] = self.train_seconds
     out['total_seconds'] = self.total_seconds
     return out
