@@ -47,7 +47,7 @@ import optax
 from errors import ConfigError, check_fields, check_range
 from optimizers.shampoo import blocking
 from optimizers.shampoo import preconditioning
-from optimizers.shampoo.roots import HIGHEST
+from optimizers.shampoo.roots import HIGHEST, one_by_one
 
 # The hyperparameters scale_by_soap takes, all required; defaults and sources: configs/optimizer_defaults.py.
 FIELDS = ('b1', 'b2', 'shampoo_beta', 'eps', 'precondition_frequency', 'max_precond_dim', 'block_size',
@@ -88,17 +88,9 @@ def _shifted(stats, mask):
   return stats - (shift[:, None] * mask)[:, :, None] * jnp.eye(stats.shape[-1], dtype=stats.dtype)
 
 
-def _one_by_one(fn, stack):
-  """fn over a stack: batched, but on CPU one matrix per call. XLA's CPU runtime hands the matrices
-  of a batched LAPACK kernel (eigh, QR) to its thread pool and waits for them: with as many such
-  kernels side by side as the pool has threads (2 on a 2-core CPU) none progresses and the step
-  hangs. One matrix runs in the calling thread. GPUs and TPUs keep the batched kernel."""
-  return jax.lax.platform_dependent(stack, cpu=lambda s: jax.lax.map(fn, s), default=jax.vmap(fn))
-
-
 def eigenbasis(stats, mask):
   """[n, b, b] eigenvectors of each statistic, columns by descending eigenvalue."""
-  return _one_by_one(lambda a: jnp.linalg.eigh(a)[1], _shifted(stats, mask))[..., ::-1]
+  return one_by_one(lambda a: jnp.linalg.eigh(a)[1], _shifted(stats, mask))[..., ::-1]
 
 
 def power_step(stats, basis, mask):
@@ -109,7 +101,7 @@ def power_step(stats, basis, mask):
   order = jnp.argsort(-quotients, axis=-1, stable=True)
   basis = jnp.take_along_axis(basis, order[:, None, :], axis=-1)
   product = jnp.einsum('nij,njk->nik', shifted, basis, precision=HIGHEST)
-  return _one_by_one(lambda a: jnp.linalg.qr(a)[0], product), order
+  return one_by_one(lambda a: jnp.linalg.qr(a)[0], product), order
 
 
 def rotate(blocks, group: str, kept: tuple[bool, ...], bases, back: bool = False):

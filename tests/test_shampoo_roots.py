@@ -77,3 +77,33 @@ def test_inverse_pth_root_relative_epsilon(method):
   expected = power(a + 1e-3 * np.linalg.eigvalsh(a.astype(np.float64)).max() * np.eye(8), -1 / 4)
   relative_error = np.linalg.norm(np.asarray(roots[0], np.float64) - expected) / np.linalg.norm(expected)
   assert relative_error < 1e-5 + 2 * 1e3 * U / 4, relative_error
+
+
+EIGH_STEPS = '''
+import jax, jax.numpy as jnp
+from configs.optimizer_defaults import BY_NAME
+from optimizers import shampoo
+hp = {k: BY_NAME['shampoo'][k] for k in shampoo.FIELDS}
+hp.update(root_method='eigh', start_preconditioning_step=1, preconditioning_compute_steps=1)
+tx = shampoo.scale_by_shampoo(**hp)
+params = [jnp.zeros((256, 512)), jnp.zeros((512, 512))]  # 24 blocks of 128 x 128: two stacks of statistics
+update = jax.jit(tx.update, donate_argnums=1)
+state = tx.init(params)
+for i in range(30):  # dispatched back to back, as the trainer's steps are
+  grads = [jax.random.normal(jax.random.PRNGKey(i), p.shape) for p in params]
+  directions, state = update(grads, state, params)
+jax.block_until_ready(directions)
+print('done')
+'''
+
+
+def test_eigh_roots_of_several_stacks_do_not_hang_the_cpu():
+  """Two stacks' batched eigh side by side once held both threads of a 2-core CPU's pool, each
+  waiting for its matrices to get one: the steps never finished (`roots.one_by_one`)."""
+  import subprocess
+  import sys
+
+  from conftest import ROOT, subprocess_env
+  result = subprocess.run([sys.executable, '-c', EIGH_STEPS], cwd=ROOT, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == 'done', result.stderr[-2000:]

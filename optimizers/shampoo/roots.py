@@ -126,8 +126,16 @@ def _newton_root(a, p: int, iterations: int, tolerance: float, largest, smallest
   return best_h, best_error
 
 
+def one_by_one(fn, stack):
+  """fn over a stack: batched, but on CPU one matrix per call. XLA's CPU runtime hands the matrices
+  of a batched LAPACK kernel (eigh, QR) to its thread pool and waits for them: with as many such
+  kernels side by side as the pool has threads (2 on a 2-core CPU) none progresses and the step
+  hangs. One matrix runs in the calling thread. GPUs and TPUs keep the batched kernel."""
+  return jax.lax.platform_dependent(stack, cpu=lambda s: jax.lax.map(fn, s), default=jax.vmap(fn))
+
+
 def _eigh_root(a, p: int):
-  eigenvalues, vectors = jnp.linalg.eigh(a)
+  eigenvalues, vectors = one_by_one(jnp.linalg.eigh, a)
   powered = jnp.maximum(eigenvalues, 1e-30) ** (-1.0 / p)
   roots = jnp.einsum('nij,nj,nkj->nik', vectors, powered, vectors, precision=HIGHEST)
   return roots, jnp.where(jnp.all(eigenvalues > 0, axis=-1), 0.0, jnp.inf)
