@@ -13,7 +13,9 @@ four markdown tables:
    `optimizers.build(base.optimizer('adam', learning_rate=1e-3), schedule)` and
    `base.optimizer('shampoo', learning_rate=1e-3, preconditioning_compute_steps=K,
    start_preconditioning_step=1)` for K in 1, 10, 100 (other fields default: block
-   128, graft rmsprop_normalized, Newton roots). Each optimizer is compiled, warmed
+   128, graft rmsprop_normalized, Newton roots); K=10 with eigh roots; no refresh at
+   all; K=10 with root_refresh='async' (roots computed beside the steps, installed
+   10 updates later, driven by `shampoo.AsyncRoots` as the trainer drives it). Each optimizer is compiled, warmed
    up for max(K) + 1 steps (so the refresh at `start_preconditioning_step` is behind
    us), then timed over 3 windows of `--steps` steps (block_until_ready at the end
    of each window), the windows of all optimizers interleaved so that load from
@@ -121,6 +123,13 @@ def make_step(tx):
   return step
 
 
+def build_async(**overrides) -> tuple[optax.GradientTransformation, shampoo.AsyncRoots]:
+  """Shampoo with root_refresh='async' and the host's side of it, as the trainer builds them."""
+  cfg = base.optimizer('shampoo', learning_rate=LEARNING_RATE, root_refresh='async', **overrides)
+  params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+  return build('shampoo', root_refresh='async', **overrides), optimizers.async_roots(cfg, params, None, None)
+
+
 def build(name: str, batch: int = 256, **overrides) -> optax.GradientTransformation:
   cfg = base.optimizer(name, learning_rate=LEARNING_RATE, **overrides)
   loss = None
@@ -154,8 +163,9 @@ def tree_bytes(tree) -> int:
 class Trainer:
   """One optimizer's compiled step, its live (donated) params and state, and its timed windows."""
 
-  def __init__(self, tx, batch: int):
+  def __init__(self, tx, batch: int, roots: shampoo.AsyncRoots | None = None):
     self.params = init_params(jax.random.PRNGKey(0))
+    self.roots = roots
     self.xs = jax.random.normal(jax.random.PRNGKey(1), (BATCHES, batch, SIZES[0]), jnp.float32)
     self.labels = jax.random.randint(jax.random.PRNGKey(2), (BATCHES, batch), 0, SIZES[-1])
     self.indices = [jnp.asarray(i, jnp.int32) for i in range(BATCHES)]
@@ -169,8 +179,12 @@ class Trainer:
     """Seconds for `steps` steps, up to block_until_ready on the results."""
     start = time.perf_counter()
     for _ in range(steps):
+      if self.roots:  # as trainer/loop.py drives root_refresh='async'
+        self.opt_state = self.roots.before_update(self.opt_state, self.t)
       self.params, self.opt_state, self.loss = self.step(
           self.params, self.opt_state, self.xs, self.labels, self.indices[self.t % BATCHES])
+      if self.roots:
+        self.roots.after_update(self.opt_state, self.t)
       self.t += 1
     jax.block_until_ready((self.params, self.opt_state, self.loss))
     return time.perf_counter() - start
@@ -282,6 +296,10 @@ def main():
       'shampoo', preconditioning_compute_steps=KS[1], start_preconditioning_step=1, root_method='eigh')))
   runs.append(('shampoo, no refresh', 0, build(
       'shampoo', preconditioning_compute_steps=10**9, start_preconditioning_step=1)))
+  # Roots refreshed beside the steps (root_refresh='async', staleness K), installed K updates later.
+  tx, roots = build_async(preconditioning_compute_steps=KS[1], start_preconditioning_step=1)
+  runs.append((f'shampoo K={KS[1]} async', KS[1], tx))
+  async_roots = {runs[-1][0]: roots}
   # K-FAC with kfac-jax's defaults: factors every step, inverses every 5 (a window of
   # --steps holds steps / 5 inverse refreshes).
   runs.append(('kfac (inverses every 5)', None, build('kfac', args.batch)))
@@ -290,7 +308,7 @@ def main():
   floor = 1 + extra / fwd_bwd
 
   print('## Step time (one jit: value_and_grad + update + apply_updates)\n', flush=True)
-  trainers = {name: Trainer(tx, args.batch) for name, _, tx in runs}
+  trainers = {name: Trainer(tx, args.batch, async_roots.get(name)) for name, _, tx in runs}
   time_steps(trainers, args.steps, max(KS) + 1)
   print('| optimizer | ms / step | window spread | x Adam | floor x Adam | compile s | refreshes | failed roots '
         '| final loss |')

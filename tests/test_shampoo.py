@@ -116,7 +116,8 @@ def test_defaults():
       graft_granularity='block', nesterov=True, moving_average_for_momentum=False, separate_graft_momentum=False,
       exponent_override=0, inverse_failure_threshold=0.1, skip_preconditioning_dim_size_gt=4096,
       precondition_embeddings=False, precondition_rank1=False, merge_small_dims_block_size=4096,
-      root_method='newton', newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32')
+      root_method='newton', newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32',
+      root_refresh='inline', root_staleness=0)
 
 
 @pytest.mark.parametrize('overrides', [
@@ -513,11 +514,13 @@ def test_health_counts_the_real_blocks_only():
   _, failing = update(grads[1], state._replace(stats=poisoned), params)
   assert int(failing.root_refreshes) == 1
   assert jax.tree.map(float, shampoo.health(failing)) == {
-      'shampoo_failed_roots_total': 18.0, 'shampoo_refresh_failed_share': 1.0, 'shampoo_graft_share': 1.0}
+      'shampoo_failed_roots_total': 18.0, 'shampoo_refresh_failed_share': 1.0, 'shampoo_graft_share': 1.0,
+      'shampoo_roots_age': 0.0}
   _, healthy = update(grads[1], state, params)
   _, plain = run(grads, **PADDED)
   assert jax.tree.map(float, shampoo.health(healthy)) == {
-      'shampoo_failed_roots_total': 0.0, 'shampoo_refresh_failed_share': 0.0, 'shampoo_graft_share': 0.0}
+      'shampoo_failed_roots_total': 0.0, 'shampoo_refresh_failed_share': 0.0, 'shampoo_graft_share': 0.0,
+      'shampoo_roots_age': 0.0}
   for name, value in shampoo.metrics(plain).items():
     assert float(shampoo.metrics(healthy)[name]) == pytest.approx(float(value), rel=1e-5), name
 

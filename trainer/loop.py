@@ -310,6 +310,7 @@ class Setup:
   train_rng: jax.Array
   train_step: Callable        # (state, batch) -> (state, metrics), not yet compiled
   diagnose: Callable | None   # (params, model_state, opt_state, batch) -> metrics, or None when off
+  async_roots: optimizers.shampoo.AsyncRoots | None  # Shampoo's roots computed beside the steps, or None
   keep_checkpoints: int
   summary: dict               # summary.json's fields that hold for the whole run
 
@@ -376,6 +377,8 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
       train_step=_make_train_step(task, tx, schedule, config.grad_accum_steps, mesh, state_metrics),
       diagnose=(diagnostics.build(task, config.diagnostics, config.optimizer)
                 if config.diagnostics.every else None),
+      async_roots=optimizers.async_roots(config.optimizer, abstract_state.params, shardings.state.opt_state,
+                                         partitioning.stack_sharding(mesh)),
       keep_checkpoints=config.keep_checkpoints,
       summary={
           'name': name, 'size': config.size, 'task': config.task.name, 'optimizer': config.optimizer.name,
@@ -504,6 +507,7 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
   where it diverged and on what, which signal stopped it).
   """
   intervals, target, is_main = setup.intervals, setup.target, jax.process_index() == 0
+  roots = setup.async_roots
   num_steps, step = intervals.num_steps, int(state.step)
   flush_steps = {s for s in range(step + 1, num_steps + 1)
                  if s % intervals.eval_every == 0 or s % intervals.checkpoint_every == 0} | {num_steps}
@@ -527,7 +531,11 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
   place = lambda batch: partitioning.global_batch(batch, setup.shardings.batch)
   with contextlib.closing(prefetch.Prefetcher(steps.train_data, place, count=num_steps - step - 1)) as batches:
     while status is None:
+      if roots is not None:
+        state = state.replace(opt_state=roots.before_update(state.opt_state, step))
       state, metrics = steps.train(state, batch)
+      if roots is not None:
+        roots.after_update(state.opt_state, step)
       step += 1
       window.append(metrics)
       if len(window) > MAX_STEPS_IN_FLIGHT:
@@ -576,7 +584,8 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
         with timer.pause('checkpoint', state):
           leaf = steps.first_non_finite(state)
           if leaf is None:
-            checkpointer.save(step, state, {**meta, **timer.totals()})
+            saved = state if roots is None else state.replace(opt_state=roots.to_save(state.opt_state))
+            checkpointer.save(step, saved, {**meta, **timer.totals()})
         if leaf is not None:  # finite losses, but an update since the last save left a non-finite value
           status = diverged(step, None, leaf)
           break

@@ -3,9 +3,10 @@
 One job per module: `roots` (inverse p-th roots of matrix stacks), `blocking` (static
 layouts: merged dims, blocks, buckets), `preconditioning` (statistics, roots applied to
 blocks), `grafting` (graft directions and norms), `transform` (hyperparameters, state and
-the transformation tying them together).
+the transformation tying them together), `refresh` (roots computed outside the step).
 """
 
+from optimizers.shampoo.refresh import AsyncRoots as AsyncRoots
 from optimizers.shampoo.blocking import preconditioner_kind as preconditioner_kind
 from optimizers.shampoo.blocking import stack_sizes as stack_sizes
 from optimizers.shampoo.roots import inverse_pth_root as inverse_pth_root

@@ -36,7 +36,8 @@ Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), da
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
 refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
 updates, inside the jitted step with `lax.cond` (before the start only with
-`separate_graft_momentum`: unused there otherwise).
+`separate_graft_momentum`: unused there otherwise); with `root_refresh='async'` outside it
+(`refresh`: the update installs the roots it finds `pending` for it).
 Grafting (`grafting`) rescales each block of the Shampoo direction to the norm of the graft's
 direction for that block (each row, along a skipped dimension), or with
 `graft_granularity='layer'` each parameter's. Before `start_preconditioning_step` the graft
@@ -65,8 +66,10 @@ FIELDS = ('block_size', 'beta1', 'beta2', 'diagonal_epsilon', 'matrix_epsilon', 
           'statistics_compute_steps', 'graft_type', 'graft_granularity', 'nesterov', 'moving_average_for_momentum',
           'separate_graft_momentum', 'exponent_override', 'inverse_failure_threshold',
           'skip_preconditioning_dim_size_gt', 'precondition_embeddings', 'precondition_rank1',
-          'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype')
+          'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype',
+          'root_refresh', 'root_staleness')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+ROOT_REFRESHES = ('inline', 'async')
 
 
 def _validate(hp: dict) -> None:
@@ -80,12 +83,23 @@ def _validate(hp: dict) -> None:
   for field in ('preconditioning_compute_steps', 'statistics_compute_steps', 'newton_iterations',
                 'skip_preconditioning_dim_size_gt', 'merge_small_dims_block_size'):
     check_range(hp, field, 1, None)
+  check_range(hp, 'root_staleness', 0, hp['preconditioning_compute_steps'], high_inclusive=True)
   if not hp['inverse_failure_threshold'] > 0:  # NaN too
     raise ConfigError(f'optimizer.inverse_failure_threshold={hp["inverse_failure_threshold"]} must be > 0')
   for field, choices in (('graft_type', grafting.GRAFT_TYPES), ('graft_granularity', grafting.GRANULARITIES),
-                         ('root_method', roots_lib.ROOT_METHODS), ('statistics_dtype', tuple(DTYPES))):
+                         ('root_method', roots_lib.ROOT_METHODS), ('statistics_dtype', tuple(DTYPES)),
+                         ('root_refresh', ROOT_REFRESHES)):
     if hp[field] not in choices:
       raise ConfigError(f'optimizer.{field}={hp[field]!r}: choose one of {", ".join(choices)}')
+
+
+class Pending(NamedTuple):
+  """Roots computed outside the step (root_refresh='async'), for the update whose count is `due`."""
+  due: jax.Array              # the update that installs them; below the count once installed
+  stats_count: jax.Array      # the update whose statistics they were computed from
+  roots: dict[str, jax.Array]
+  root_errors: dict[str, jax.Array]
+  succeeded: dict[str, jax.Array]  # statistic key -> [n] whether the matrix got a fresh root
 
 
 class ShampooState(NamedTuple):
@@ -101,10 +115,12 @@ class ShampooState(NamedTuple):
   graft: Any                  # per-parameter Adagrad / RMSprop accumulators, or None
   momentum: Any               # per-parameter momentum (of the Shampoo direction when separate), or None
   graft_momentum: Any         # per-parameter momentum of the graft direction (separate_graft_momentum), or None
+  roots_from: jax.Array       # the update whose statistics the roots in use come from (-1: none yet)
+  pending: Pending | None     # root_refresh='async': the latest roots computed outside the step
 
 
-# The fields of ShampooState with a row per block of a group: padded to `stack_multiple` rows.
-STACK_FIELDS = ('stats', 'roots', 'root_errors', 'rooted', 'padding')
+# The fields of ShampooState and Pending with a row per block of a group: padded to `stack_multiple` rows.
+STACK_FIELDS = ('stats', 'roots', 'root_errors', 'rooted', 'padding', 'succeeded')
 
 
 def is_stack(path: str) -> bool:
@@ -135,6 +151,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
   separate = beta1 > 0 and hp['separate_graft_momentum']
   layerwise = hp['graft_granularity'] == 'layer' and hp['graft_type'] != 'none'
   initial = hp['matrix_epsilon'] if hp['statistics_start_at_epsilon'] else 0.0
+  asynchronous = hp['root_refresh'] == 'async'
   constrain = ((lambda x: x) if stack_sharding is None
                else lambda x: jax.lax.with_sharding_constraint(x, stack_sharding))
 
@@ -155,7 +172,13 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
         rooted={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
         padding={k: jnp.asarray(size.padding) for k, size in sizes.items()},
         graft=per_param() if grafting.keeps_accumulators(hp['graft_type']) else None,
-        momentum=per_param() if beta1 > 0 else None, graft_momentum=per_param() if separate else None)
+        momentum=per_param() if beta1 > 0 else None, graft_momentum=per_param() if separate else None,
+        roots_from=jnp.full((), -1, jnp.int32),
+        pending=Pending(due=jnp.full((), -1, jnp.int32), stats_count=jnp.full((), -1, jnp.int32),
+                        roots={k: jnp.copy(e) for k, e in eye.items()},
+                        root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
+                        succeeded={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()})
+        if asynchronous else None)
 
   def momentum(buffers, directions):
     """The momentum buffers updated with `directions`, and the step they give (Nesterov or not)."""
@@ -174,15 +197,25 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
                          lambda s: preconditioning.update_statistics(s, blocks, p, beta2, dtype),
                          lambda s: s, state.stats)
 
-    # Roots at `start`, then every k updates; none before it (unused there) unless Shampoo's
-    # direction keeps its own momentum from the first update.
-    refresh = (count % hp['preconditioning_compute_steps'] == 0) | (count == start)
-    if not separate:
-      refresh &= count >= start
-    roots, root_errors, succeeded = jax.lax.cond(
-        refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], p.masks, hp, dtype),
-        lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3])),
-        (stats, state.roots, state.root_errors, state.rooted))
+    keep = lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3]))
+    if asynchronous:  # the roots computed outside the step take over at the update they are due for
+      fresh = state.pending
+      refresh = count == fresh.due
+      install = lambda args: ({k: jnp.where(fresh.succeeded[k][:, None, None], fresh.roots[k], old)
+                               for k, old in args[1].items()}, fresh.root_errors, fresh.succeeded)
+      roots, root_errors, succeeded = jax.lax.cond(
+          refresh, install, keep, (stats, state.roots, state.root_errors, state.rooted))
+      roots_from = jnp.where(refresh, fresh.stats_count, state.roots_from)
+    else:
+      # Roots at `start`, then every k updates; none before it (unused there) unless Shampoo's
+      # direction keeps its own momentum from the first update.
+      refresh = (count % hp['preconditioning_compute_steps'] == 0) | (count == start)
+      if not separate:
+        refresh &= count >= start
+      roots, root_errors, succeeded = jax.lax.cond(
+          refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], p.masks, hp, dtype),
+          keep, (stats, state.roots, state.root_errors, state.rooted))
+      roots_from = jnp.where(refresh, count, state.roots_from)
     failed = jnp.where(refresh, sum(jnp.sum(~ok & ~p.sizes[k].padding) for k, ok in succeeded.items()),
                        0).astype(jnp.int32)
 
@@ -234,14 +267,15 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
         rooted=jax.tree.map(jnp.logical_or, state.rooted, succeeded), padding=state.padding,
         graft=jax.tree.unflatten(treedef, accumulators) if accumulators is not None else None,
         momentum=None if shampoo_momentum is None else jax.tree.unflatten(treedef, shampoo_momentum),
-        graft_momentum=None if graft_momentum is None else jax.tree.unflatten(treedef, graft_momentum))
+        graft_momentum=None if graft_momentum is None else jax.tree.unflatten(treedef, graft_momentum),
+        roots_from=roots_from, pending=state.pending)
     out = [d.astype(g.dtype) for d, g in zip(directions, leaves)]
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _find_state(opt_state) -> ShampooState | None:
+def find_state(opt_state) -> ShampooState | None:
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ShampooState))
            if isinstance(x, ShampooState)]
   return found[0] if found else None
@@ -260,23 +294,25 @@ def _real(state: ShampooState) -> tuple[dict[str, jax.Array], jax.Array]:
 
 def health(opt_state) -> dict[str, jax.Array]:
   """What every run logs: failed roots (cumulative and at the latest refresh, as a share of the
-  matrices) and the share of matrices that never got a root, whose blocks move along the graft
-  direction alone. Rejected roots are silent otherwise: Shampoo quietly becomes its graft.
+  matrices), the share of matrices that never got a root, whose blocks move along the graft
+  direction alone, and the age of the roots the latest update used (updates since the statistics
+  they come from; 0 before the first). Rejected roots are silent otherwise: Shampoo quietly becomes its graft.
   The identity blocks that pad the stacks count nowhere."""
-  state = _find_state(opt_state)
+  state = find_state(opt_state)
   if state is None:
     return {}
   real, total = _real(state)
   unrooted = sum((jnp.sum(~state.rooted[k] & r) for k, r in real.items()), jnp.zeros((), jnp.int32))
   return {'shampoo_failed_roots_total': state.failed_roots,
           'shampoo_refresh_failed_share': _share(state.refresh_failures, total),
-          'shampoo_graft_share': _share(unrooted, total)}
+          'shampoo_graft_share': _share(unrooted, total),
+          'shampoo_roots_age': jnp.where(state.roots_from >= 0, state.count - 1 - state.roots_from, 0)}
 
 
 def metrics(opt_state) -> dict[str, jax.Array]:
   """Root errors of the real blocks and refresh count, beside `health`; logged when asked
   (log_optimizer_metrics)."""
-  state = _find_state(opt_state)
+  state = find_state(opt_state)
   if state is None:
     return {}
   real, total = _real(state)
