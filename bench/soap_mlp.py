@@ -44,9 +44,11 @@ NUM_STEPS, EVAL_EVERY, LOG_EVERY = 400, 5, 5
 TARGET = ('loss', 0.015, 'below')
 
 
-def config_for(name: str, learning_rate: float, seed: int):
+def config_for(name: str, learning_rate: float, seed: int, **optimizer):
+  """The MLP run of `name`'s tiny config; `optimizer` overrides fields of its optimizer block."""
   config = CONFIGS[name].get_config('tiny')
   config.task.update(MLP)
+  config.optimizer.update(optimizer)
   config.optimizer.learning_rate = learning_rate
   config.seed = seed
   config.num_steps, config.eval_every, config.log_every = NUM_STEPS, EVAL_EVERY, LOG_EVERY
@@ -56,12 +58,12 @@ def config_for(name: str, learning_rate: float, seed: int):
   return config
 
 
-def train(name: str, learning_rate: float, seed: int, workdir: str) -> tuple[float, float]:
+def train(name: str, learning_rate: float, seed: int, workdir: str, **optimizer) -> tuple[float, float]:
   """(steps to target, inf if missed; median ms / step) of one run."""
   path = os.path.join(workdir, f'{name}-lr{learning_rate:g}-seed{seed}')
   shutil.rmtree(path, ignore_errors=True)
   with contextlib.redirect_stdout(sys.stderr):  # the trainer's progress lines; the table alone on stdout
-    summary = trainer.run(config_for(name, learning_rate, seed), path, f'lp_regression_{name}',
+    summary = trainer.run(config_for(name, learning_rate, seed, **optimizer), path, f'lp_regression_{name}',
                           devices=jax.devices()[:1])
   with open(os.path.join(path, 'metrics.jsonl')) as f:
     train_lines = [line for line in map(json.loads, f) if line.get('split') == 'train']

@@ -18,6 +18,7 @@ def get_config(size: str = 'paper'):
   tiny = size == 'tiny'
   config.optimizer = base.optimizer(
       'shampoo', learning_rate=1e-4, beta1=0.9, beta2=0.999,
+      moving_average_for_momentum=False,  # tuned with the reference's summed momentum, m = beta1 m + u
       block_size=128 if tiny else 1024,  # our choice: the top MLP's 1024 units, one block a side
       # our choice: the 40M-row tables get no row statistics (an embedding dimension of 128 does)
       skip_preconditioning_dim_size_gt=1024 if tiny else 4096,

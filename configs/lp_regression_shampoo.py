@@ -14,5 +14,6 @@ def get_config(size: str = 'paper'):
   config = _lp_regression.get_config(size)
   config.optimizer = base.optimizer(
       'shampoo', learning_rate=0.003, beta1=0.9, beta2=0.999, graft_type='rmsprop_normalized',
-      start_preconditioning_step=10, preconditioning_compute_steps=1)
+      start_preconditioning_step=10, preconditioning_compute_steps=1,
+      moving_average_for_momentum=False)  # tuned with the reference's summed momentum, m = beta1 m + u
   return config

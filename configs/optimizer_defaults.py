@@ -53,7 +53,7 @@ BY_NAME = {
         graft_type='rmsprop_normalized',    # none | sgd | adagrad | rmsprop | <those>_normalized
         graft_granularity='block',          # block (a graft norm per block) | layer (per parameter: the reference)
         nesterov=True,
-        moving_average_for_momentum=False,  # m = b1 m + (1-b1) u instead of b1 m + u
+        moving_average_for_momentum=True,   # m = b1 m + (1-b1) u (the reference: b1 m + u, a 1/(1-b1) larger step)
         separate_graft_momentum=False,      # graft and Shampoo directions each with a momentum from step 0 (reference)
         exponent_override=0,                # root exponent p for every statistic; 0 = 2 x rank
         inverse_failure_threshold=0.1,      # Newton error above this keeps the previous root

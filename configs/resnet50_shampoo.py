@@ -28,7 +28,8 @@ def get_config(size: str = 'paper'):
       nesterov=True,                     # README recipe
       exponent_override=4)               # README recipe
   if tiny:
-    config.optimizer = base.optimizer('shampoo', learning_rate=0.5, preconditioning_compute_steps=10, **shared)
+    config.optimizer = base.optimizer('shampoo', learning_rate=0.5, preconditioning_compute_steps=10, **shared,
+                                      moving_average_for_momentum=False)  # tuned with the reference's m = beta1 m + u
     return config
   config.optimizer = base.optimizer(
       'shampoo', **shared,

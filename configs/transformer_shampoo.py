@@ -21,6 +21,7 @@ def get_config(size: str = 'paper'):
       'shampoo',
       learning_rate=3e-3 if tiny else 1e-3,  # our choice: untuned, the grafted RMSprop step's scale
       beta1=0.9, beta2=0.98,
+      moving_average_for_momentum=False,  # tuned with the reference's summed momentum, m = beta1 m + u
       block_size=128 if tiny else 1024,  # our choice: 1024 = the model width, one block per side
       merge_small_dims_block_size=128 if tiny else 1024,  # our choice: merge only up to one block
       graft_type='rmsprop_normalized',

@@ -113,7 +113,7 @@ def test_defaults():
       block_size=128, beta1=0.9, beta2=0.999, diagonal_epsilon=1e-10, matrix_epsilon=1e-6,
       relative_matrix_epsilon=True, statistics_start_at_epsilon=False, start_preconditioning_step=10,
       preconditioning_compute_steps=1, statistics_compute_steps=1, graft_type='rmsprop_normalized',
-      graft_granularity='block', nesterov=True, moving_average_for_momentum=False, separate_graft_momentum=False,
+      graft_granularity='block', nesterov=True, moving_average_for_momentum=True, separate_graft_momentum=False,
       exponent_override=0, inverse_failure_threshold=0.1, skip_preconditioning_dim_size_gt=4096,
       precondition_embeddings=False, precondition_rank1=False, merge_small_dims_block_size=4096,
       root_method='newton', newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32',
@@ -326,7 +326,8 @@ def test_weight_decay_before_momentum(separate):
   grads = random_grads(shapes, steps=5)
   params = {name: jnp.asarray(np.random.default_rng(1).standard_normal(s), jnp.float32) for name, s in shapes.items()}
   tx = scale_by_shampoo(**{**PLAIN, 'graft_type': 'sgd', 'graft_granularity': 'layer', 'beta1': beta1,
-                           'start_preconditioning_step': start, 'separate_graft_momentum': separate},
+                           'start_preconditioning_step': start, 'separate_graft_momentum': separate,
+                           'moving_average_for_momentum': False},
                         weight_decay=decay, weight_decay_mask=first_order.decay_mask(False))
   state, update = tx.init(params), jax.jit(tx.update)
   w = [g['w'] for g in grads]
