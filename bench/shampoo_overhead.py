@@ -142,18 +142,6 @@ def build(name: str, batch: int = 256, **overrides) -> optax.GradientTransformat
   return optimizers.build(cfg, optax.constant_schedule(LEARNING_RATE), loss)
 
 
-def find_shampoo_state(state):
-  """The ShampooState inside a (possibly nested) optax chain state, or None."""
-  if isinstance(state, shampoo.ShampooState):
-    return state
-  if isinstance(state, (tuple, list)):
-    for part in state:
-      found = find_shampoo_state(part)
-      if found is not None:
-        return found
-  return None
-
-
 def tree_bytes(tree) -> int:
   return sum(leaf.nbytes for leaf in jax.tree.leaves(tree))
 
@@ -315,7 +303,7 @@ def main():
   print('|---|---|---|---|---|---|---|---|---|')
   for name, k, _ in runs:
     r = trainers[name]
-    s = find_shampoo_state(r.opt_state)
+    s = shampoo.find_state(r.opt_state)
     counts = ('-', '-') if s is None else (int(s.root_refreshes), int(s.failed_roots))
     floor_cell = '1' if name == 'adam' else '-' if name.startswith('kfac') else f'{floor:.3f}'
     print(f'| {name} | {r.ms:.3f} | {100 * r.spread:.0f}% | {r.ms / trainers["adam"].ms:.2f} | {floor_cell} | '
@@ -342,7 +330,7 @@ def main():
         print(f'| {count} x {size}x{size}, cond 1e4 | {method} | {ms:.2f} | {float(jnp.max(errors)):.3g} | '
               f'{max_relative_error(roots, reference):.3g} |', flush=True)
     first = next(name for name, k, _ in runs if k is not None)
-    stats = find_shampoo_state(trainers[first].opt_state).stats
+    stats = shampoo.find_state(trainers[first].opt_state).stats
     stacks = {key: (np.asarray(v), shampoo.blocking.bucket_exponent(key)) for key, v in stats.items()}
     label = ' + '.join(f'{v.shape[0]} x {v.shape[1]}x{v.shape[2]}' for v, _ in stacks.values())
     references = {key: reference_roots(a, p, 1e-6) for key, (a, p) in stacks.items()}

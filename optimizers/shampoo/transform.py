@@ -276,6 +276,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
 
 
 def find_state(opt_state) -> ShampooState | None:
+  """The ShampooState inside an optimizer state (an optax chain's, possibly nested), or None."""
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ShampooState))
            if isinstance(x, ShampooState)]
   return found[0] if found else None
