@@ -2,13 +2,14 @@
 the step waits for its batch.
 
     python bench/input_pipeline.py [--tasks=transformer,bert,dlrm,resnet50] [--batch=tiny|paper|N] [--batches=200]
-        [--late_step=2000] [--wait_steps=200] [--reader_ms=40] [--quick]
+        [--late_step=50000] [--wait_steps=200] [--reader_ms=40] [--quick]
 
 Reader table: per task, its `tiny` config's real reader on the offline generated data (tfds
 builders, TFRecords, Criteo TSV, JPEGs; generated first if missing) at `--batch` (`tiny`: the
 tiny config's; `paper`: the paper config's global batch; or a number), one process: examples/s
-over `--batches` batches after the first, and seconds to the first batch of a reader started at
-step 1 and at `--late_step` (what a resume there pays).
+over `--batches` batches after the first, and seconds to the first batch of a reader resumed at
+step 1 and at `--late_step` from the position a checkpoint there keeps (what a resume pays; the
+stream is read to `--late_step` first, untimed, to learn it).
 Wait table: the tiny Transformer trained `--wait_steps` steps in this process with its reader
 slowed by `--reader_ms` per batch (still faster than the step), with batches read ahead
 (trainer/prefetch.py) and, for comparison, read in the loop's thread when asked for: the share
@@ -29,6 +30,7 @@ import importlib  # noqa: E402
 import jax  # noqa: E402
 
 import tasks  # noqa: E402
+from data import batches  # noqa: E402
 import trainer  # noqa: E402
 from errors import ArgumentParser  # noqa: E402
 from trainer import prefetch  # noqa: E402
@@ -43,6 +45,8 @@ def load_config(task: str, **overrides):
 
 
 def reader_row(task_name: str, batch: str, batches: int, late_step: int) -> str:
+  """The reader's row: it reads to `late_step` (untimed past `batches`) to learn the position a
+  checkpoint there would keep, then times a resume from it."""
   config = load_config(task_name)
   if batch != 'tiny':
     config.global_batch_size = (importlib.import_module(f'configs.{task_name}_adam').get_config('paper').global_batch_size
@@ -52,15 +56,22 @@ def reader_row(task_name: str, batch: str, batches: int, late_step: int) -> str:
   start = time.perf_counter()
   stream = task.train_data(0, 1, 0)
   next(stream)
-  first = time.perf_counter() - start
+  first, first_position = time.perf_counter() - start, stream.position
   start = time.perf_counter()
   for _ in range(batches):
     next(stream)
   per_second = batches * config.global_batch_size / (time.perf_counter() - start)
+  # Where the stream stands after steps 0 and late_step - 1: what a checkpoint there keeps (None:
+  # the reader seeks by the step alone, and nothing needs reading to get there).
+  kept = {1: first_position}
+  if first_position is not None:
+    for _ in range(late_step - 1 - batches):
+      next(stream)
+  kept[late_step] = stream.position
   resume = {}
   for step in (1, late_step):
     start = time.perf_counter()
-    next(task.train_data(0, 1, step))
+    next(task.train_data(0, 1, step, kept[step]))
     resume[step] = time.perf_counter() - start
   return (f'| {task_name} | {config.global_batch_size} | {per_second:,.0f} | {first:.2f} | '
           f'{resume[1]:.2f} | {resume[late_step]:.2f} |')
@@ -85,10 +96,14 @@ def wait_row(label: str, prefetcher, steps: int, reader_ms: float) -> str:
   task_class = tasks.get('transformer')
   original = task_class.train_data
 
-  def slowed(self, process_index, process_count, start_step):
-    for batch in original(self, process_index, process_count, start_step):
-      time.sleep(reader_ms / 1000)
-      yield batch
+  def slowed(self, process_index, process_count, start_step, position=None):
+    stream = original(self, process_index, process_count, start_step, position)
+
+    def slow():
+      for batch in stream:
+        time.sleep(reader_ms / 1000)
+        yield batch, stream.position
+    return batches.Stream(slow())
 
   config = load_config('transformer', num_steps=steps, eval_every=steps, checkpoint_every=steps,
                        **{'task.bleu_sentences': 0, 'schedule.warmup_steps': steps // 4})
@@ -110,7 +125,7 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', default='tiny',
                       help="the reader table's global batch: tiny (the tiny config's), paper (the paper config's) or a number")
   parser.add_argument('--batches', type=int, default=200)
-  parser.add_argument('--late_step', type=int, default=2000)
+  parser.add_argument('--late_step', type=int, default=50_000)
   parser.add_argument('--wait_steps', type=int, default=200)
   parser.add_argument('--reader_ms', type=float, default=40.0)
   parser.add_argument('--quick', action='store_true')
@@ -123,6 +138,8 @@ def main(argv=None) -> int:
     parser.error(f'--batch={args.batch} must be tiny, paper or a number of examples')
   if args.quick:
     args.batches, args.late_step, args.wait_steps = 20, 200, 60
+  if args.late_step <= args.batches:
+    parser.error(f'--late_step={args.late_step} must be past the {args.batches} batches read for the rate')
   print('| task | global batch | examples/s | first batch (s) | resume at step 1 (s) | '
         f'resume at step {args.late_step} (s) |\n|---|---|---|---|---|---|', flush=True)
   for name in names:

@@ -23,7 +23,6 @@ The reader gives each process its share of the training examples as step-indexed
 batches (see train_batches) and the eval split as arrays.
 """
 
-import itertools
 import json
 import os
 from typing import Iterator
@@ -34,16 +33,15 @@ import numpy as np
 import tensorflow as tf
 
 from errors import ConfigError
-from data import batches
+from data import batches, windows
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 FEATURES = ('input_ids', 'input_mask', 'segment_ids', 'masked_lm_positions', 'masked_lm_ids',
             'masked_lm_weights', 'next_sentence_labels')
 PREPARED, TOKENIZER = 'prepared.json', 'spm.model'
 EVAL_FILE = 'eval-00000-of-00001.tfrecord'
-SHUFFLE_BUFFER = 2 ** 14  # serialized examples, on top of shuffling the order of the files
-PARALLEL_READS = 4  # files read at once (interleaved in a fixed order)
-READ_CHUNK = 1024  # examples parsed together
+WINDOW = 2 ** 14  # training examples shuffled together, on top of shuffling the order of the files
+READ_CHUNK = 1024  # evaluation examples parsed together
 
 Batch = dict[str, np.ndarray]
 
@@ -97,25 +95,21 @@ def _feature_spec(max_seq_length: int, max_predictions_per_seq: int) -> dict:
           'next_sentence_labels': tf.io.FixedLenFeature([1], tf.int64)}
 
 
-def _parsed_chunks(records: tf.data.Dataset, prepared: dict) -> Iterator[Batch]:
-  """Serialized examples -> dicts of int32 arrays, READ_CHUNK rows at a time; labels are [rows]."""
+def _parser(prepared: dict):
+  """Serialized examples -> a dict of int32 tensors of FEATURES; labels are [rows]."""
   spec = _feature_spec(prepared['max_seq_length'], prepared['max_predictions_per_seq'])
 
   def parse(serialized):
     features = tf.io.parse_example(serialized, spec)
     features['next_sentence_labels'] = tf.reshape(features['next_sentence_labels'], [-1])
     return {name: tf.cast(features[name], tf.int32) for name in FEATURES}
-
-  options = tf.data.Options()
-  options.deterministic = True
-  chunks = records.batch(READ_CHUNK).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-  yield from chunks.prefetch(2).with_options(options).as_numpy_iterator()
+  return parse
 
 
 def eval_arrays(data_dir: str) -> Batch:
   """The whole eval split, in stored order (batch it with data.batches.eval_batches)."""
-  prepared = info(data_dir)
-  chunks = list(_parsed_chunks(tf.data.TFRecordDataset(os.path.join(data_dir, EVAL_FILE)), prepared))
+  records = tf.data.TFRecordDataset(os.path.join(data_dir, EVAL_FILE)).batch(READ_CHUNK)
+  chunks = list(records.map(_parser(info(data_dir))).as_numpy_iterator())
   return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in FEATURES}
 
 
@@ -123,16 +117,18 @@ def _train_files(prepared: dict) -> list[str]:
   return sorted(name for name in prepared['examples_per_file'] if name.startswith('train-'))
 
 
-def _share(prepared: dict, process_index: int, process_count: int) -> tuple[list[str], bool, int]:
-  """This process's training files, whether it keeps only every process_count-th of their records
-  (when there are fewer files than processes), and how many examples that leaves it per epoch."""
+def _share(prepared: dict, process_index: int, process_count: int
+           ) -> tuple[list[str], tuple[int, int] | None, int]:
+  """This process's training files, how it shards their records (None: it reads them whole, else
+  (count, index): every count-th record of each file from its index-th, when there are fewer
+  files than processes), and how many examples that leaves it per epoch."""
   files = _train_files(prepared)
   counts = prepared['examples_per_file']
   if len(files) >= process_count:
     mine = files[process_index::process_count]
-    return mine, False, sum(counts[name] for name in mine)
-  total = sum(counts[name] for name in files)
-  return files, True, len(range(process_index, total, process_count))
+    return mine, None, sum(counts[name] for name in mine)
+  return files, (process_count, process_index), sum(len(range(process_index, counts[name], process_count))
+                                                      for name in files)
 
 
 def examples_per_epoch(data_dir: str, process_index: int, process_count: int) -> int:
@@ -140,44 +136,38 @@ def examples_per_epoch(data_dir: str, process_index: int, process_count: int) ->
   return _share(info(data_dir), process_index, process_count)[2]
 
 
-def _epoch_records(data_dir: str, files: list[str], shard_records: bool, seed: int, epoch: int,
-                   skip: int, process_index: int, process_count: int) -> tf.data.Dataset:
-  """This process's serialized examples of one epoch, shuffled from (seed, epoch), less the first `skip`."""
-  order = np.random.default_rng([seed, epoch]).permutation(len(files))
-  paths = [os.path.join(data_dir, files[i]) for i in order]
-  records = tf.data.TFRecordDataset(paths, num_parallel_reads=min(PARALLEL_READS, len(paths)))
-  if shard_records:  # every process reads the same files in the same order and keeps its share
-    records = records.shard(process_count, process_index)
-  # An op seed alone fixes the order while TensorFlow's global seed is unset (nothing here sets it).
-  return records.shuffle(SHUFFLE_BUFFER, seed=batches.epoch_seed(seed, epoch)).skip(skip)
+def _train_windows(data_dir: str, files: list[str], shard: tuple[int, int] | None, prepared: dict, seed: int,
+                   start: windows.Position) -> Iterator[tuple[windows.Position, Batch]]:
+  """This process's examples, a window of WINDOW at a time, shuffled, from `start`'s window on."""
+  def read(path):
+    records = tf.data.TFRecordDataset(path)
+    return records.shard(*shard) if shard else records
+
+  paths = [os.path.join(data_dir, name) for name in files]
+  for position, window in windows.windows(paths, read, WINDOW, seed, start, _parser(prepared)):
+    order = windows.window_order(len(window['input_ids']), seed, position)
+    yield position, {name: rows[order] for name, rows in window.items()}
 
 
 def train_batches(data_dir: str, global_batch_size: int, seed: int, start_step: int,
-                  process_index: int, process_count: int) -> Iterator[Batch]:
+                  process_index: int, process_count: int, position=None) -> batches.Stream:
   """Endless batches of this process's global_batch_size / process_count rows: int32 FEATURES.
 
   Each process reads a disjoint share: every process_count-th training file, or, when
-  there are fewer files than processes, every process_count-th record of all of them.
-  Its stream is that share epoch after epoch, each epoch reshuffled from (seed, epoch)
-  (file order, then a buffer of SHUFFLE_BUFFER examples) with deterministic tf.data,
-  and every local batch of consecutive rows is a step; batches run across epoch ends.
-  So the batch of step s is a pure function of (seed, s, process_count), and resuming
-  at `start_step` skips whole epochs without reading them, then the rest of one.
+  there are fewer files than processes, every process_count-th record of each file.
+  Its stream is that share epoch after epoch (see data/windows.py): each epoch takes
+  the files in an order drawn from (seed, epoch) and shuffles every WINDOW consecutive
+  examples, and every local batch of consecutive rows is a step; batches run across
+  epoch ends. So the batch of step s is a pure function of (seed, s, process_count).
+  The stream's `position` after a batch, given back as `position`, continues it by
+  reading one window; without one, resuming at `start_step` replays the examples before it.
   """
   if global_batch_size % process_count:
     raise ConfigError(f'global_batch_size={global_batch_size} must be a multiple of the process '
                       f'count ({process_count})')
   prepared = info(data_dir)
-  files, shard_records, epoch_size = _share(prepared, process_index, process_count)
+  files, shard, epoch_size = _share(prepared, process_index, process_count)
   if not epoch_size:
     raise ConfigError(f'{data_dir}: no training examples for process {process_index} of {process_count}')
-  rows = global_batch_size // process_count
-  first_epoch, skip = divmod(start_step * rows, epoch_size)
-  chunks = (chunk
-            for epoch in itertools.count(first_epoch)
-            for chunk in _parsed_chunks(
-                _epoch_records(data_dir, files, shard_records, seed, epoch,
-                               skip if epoch == first_epoch else 0, process_index, process_count),
-                prepared))
-  return batches.rebatch(chunks, rows)
-
+  return windows.stream(lambda start: _train_windows(data_dir, files, shard, prepared, seed, start),
+                        global_batch_size // process_count, start_step, position)

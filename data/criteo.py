@@ -49,15 +49,14 @@ import tensorflow as tf
 from absl import logging
 
 from errors import ConfigError
-from data import batches
+from data import batches, windows
 
 NUM_DENSE, NUM_SPARSE = 13, 26
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 MISSING_ID = 0  # the id of an empty categorical field, in every table
 TRAIN, EVAL = 'train', 'eval'
-READ_CHUNK = 4096  # lines parsed together
-SHUFFLE_BUFFER = 2 ** 17  # lines, on top of shuffling the order of the files
-PARALLEL_READS = 4  # training files read at once (interleaved in a fixed order)
+READ_CHUNK = 4096  # evaluation lines parsed together
+WINDOW = 2 ** 17  # training lines shuffled together, on top of shuffling the order of the files
 # One regular expression per line checks everything (RE2: linear time), so the rest of
 # the parse may assume well-formed fields.
 WELL_FORMED = (r'[01]' + rf'(\t(-?[0-9]{{1,18}})?){{{NUM_DENSE}}}'
@@ -140,19 +139,11 @@ def _parse(lines: tf.Tensor, table_sizes: tf.Tensor) -> dict[str, tf.Tensor]:
           'malformed': tf.boolean_mask(lines, tf.logical_not(well_formed))}
 
 
-def _read_lines(paths: list[str], shard: tuple[int, int] | None = None,
-                cycle_length: int = 1) -> tf.data.Dataset:
-  """Lines of the files (gzipped if named .gz), `cycle_length` files interleaved line by line;
-  with `shard` = (count, index), every count-th line of each file from its index-th."""
-  compression = ['GZIP' if path.endswith('.gz') else '' for path in paths]
-
-  def read(path, compression_type):
-    lines = tf.data.TextLineDataset(path, compression_type=compression_type)
-    return lines.shard(*shard) if shard else lines
-
-  # Sequential: parallel reads cost more per line than they save on local disks.
-  return tf.data.Dataset.from_tensor_slices((paths, compression)).interleave(
-      read, cycle_length=min(cycle_length, len(paths)))
+def _file_lines(path: tf.Tensor, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+  """A file's lines (gzipped if named .gz); with `shard` = (count, index), every count-th from its index-th."""
+  compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
+  lines = tf.data.TextLineDataset(path, compression_type=compression)
+  return lines.shard(*shard) if shard else lines
 
 
 def _parsed_chunks(lines: tf.data.Dataset, table_sizes: Sequence[int],
@@ -185,52 +176,46 @@ def _share(paths: list[str], process_index: int, process_count: int):
   return paths, (process_count, process_index)
 
 
-def _epoch_lines(paths: list[str], shard: tuple[int, int] | None, seed: int,
-                 epoch: int) -> tf.data.Dataset:
-  order = np.random.default_rng([seed, epoch]).permutation(len(paths))
-  lines = _read_lines([paths[i] for i in order], shard, PARALLEL_READS)
-  # An op seed alone fixes the order while TensorFlow's global seed is unset (nothing here sets it).
-  return lines.shuffle(SHUFFLE_BUFFER, seed=batches.epoch_seed(seed, epoch))
+def _train_windows(paths: list[str], shard: tuple[int, int] | None, table_sizes: Sequence[int],
+                   seed: int, start: windows.Position, stats: ReadStats,
+                   process: str) -> Iterator[tuple[windows.Position, Batch]]:
+  """This process's rows, a window of WINDOW lines at a time, shuffled, from `start`'s window on.
 
-
-def _train_chunks(paths: list[str], shard: tuple[int, int] | None, table_sizes: Sequence[int],
-                  seed: int, skip_rows: int, stats: ReadStats, process: str) -> Iterator[Batch]:
-  """This process's rows, epoch after epoch, less the first `skip_rows`.
-
-  Every epoch holds the same lines (reshuffled), so once one has been read, whole
-  epochs are skipped without reading them.
+  Each epoch's counts go to the log; an epoch read from its start without one
+  well-formed line is an error (the stream would never fill a batch).
   """
-  epoch_rows = None
-  for epoch in itertools.count():
-    if epoch_rows is not None and skip_rows >= epoch_rows:
-      skip_rows -= epoch_rows
-      continue
-    rows, malformed = stats.rows, stats.malformed
-    for chunk in _parsed_chunks(_epoch_lines(paths, shard, seed, epoch), table_sizes, stats):
-      num_rows = len(chunk['label'])
-      if skip_rows < num_rows:
-        yield {key: array[skip_rows:] for key, array in chunk.items()}
-      skip_rows = max(0, skip_rows - num_rows)
-    epoch_rows = stats.rows - rows
-    _log_pass(f'train epoch {epoch} ({process})', epoch_rows, stats.malformed - malformed, stats)
-    if not epoch_rows:
+  sizes = tf.constant(table_sizes, tf.int64)
+
+  epoch, whole, rows, malformed = start.epoch, start == windows.Position(start.epoch), stats.rows, stats.malformed
+
+  def end_epoch():
+    _log_pass(f'train epoch {epoch} ({process})', stats.rows - rows, stats.malformed - malformed, stats)
+    if whole and stats.rows == rows:
       raise ConfigError(f'no well-formed training lines for {process} in {paths}')
+
+  for position, window in windows.windows(paths, lambda path: _file_lines(path, shard), WINDOW, seed, start, lambda lines: _parse(lines, sizes)):
+    if position.epoch != epoch:
+      end_epoch()
+      epoch, whole, rows, malformed = position.epoch, True, stats.rows, stats.malformed
+    stats._add(len(window['label']), window.pop('malformed'))
+    order = windows.window_order(len(window['label']), seed, position)
+    yield position, {key: array[order] for key, array in window.items()}
 
 
 def train_batches(dataset_dir: str, table_sizes: Sequence[int], global_batch_size: int, seed: int,
                   start_step: int, process_index: int, process_count: int,
-                  stats: ReadStats | None = None) -> Iterator[Batch]:
+                  stats: ReadStats | None = None, position=None) -> batches.Stream:
   """Endless batches of this process's global_batch_size / process_count rows: dense, sparse, label.
 
   Each process reads a disjoint share of train/: every process_count-th file, or,
   when there are fewer files than processes, every process_count-th line of each
-  file. Its stream is that share epoch after epoch, each epoch reshuffled from
-  (seed, epoch) (file order, then a buffer of SHUFFLE_BUFFER lines) with
-  deterministic tf.data; malformed lines are dropped, and every local batch of
+  file. Its stream is that share epoch after epoch (see data/windows.py): each epoch
+  takes the files in an order drawn from (seed, epoch) and shuffles every WINDOW
+  consecutive lines; malformed lines are dropped, and every local batch of
   consecutive rows is a step, batches running across epoch ends. So the batch of
-  step s is a pure function of (seed, s, process_count), and resuming at
-  `start_step` continues the exact stream: it parses and drops the rows before it
-  in the first epoch, then skips whole epochs without reading them. `stats`, if
+  step s is a pure function of (seed, s, process_count). The stream's `position`
+  after a batch, given back as `position`, continues it by reading one window;
+  without one, resuming at `start_step` replays the lines before it. `stats`, if
   given, counts the lines read.
   """
   check_prepared(dataset_dir)
@@ -238,11 +223,10 @@ def train_batches(dataset_dir: str, table_sizes: Sequence[int], global_batch_siz
   if global_batch_size % process_count:
     raise ConfigError(f'global_batch_size={global_batch_size} must be a multiple of the process '
                       f'count ({process_count})')
-  rows = global_batch_size // process_count
   paths, shard = _share(files(dataset_dir, TRAIN), process_index, process_count)
-  chunks = _train_chunks(paths, shard, table_sizes, seed, start_step * rows, stats or ReadStats(),
-                         f'process {process_index} of {process_count}')
-  return batches.rebatch(chunks, rows)
+  process, stats = f'process {process_index} of {process_count}', stats or ReadStats()
+  return windows.stream(lambda start: _train_windows(paths, shard, table_sizes, seed, start, stats, process),
+                        global_batch_size // process_count, start_step, position)
 
 
 # ---- Evaluation.
@@ -252,7 +236,8 @@ def _eval_chunks(dataset_dir: str, table_sizes: Sequence[int], max_examples: int
   """Rows of eval/ in file order, the first max_examples of them (0: all)."""
   rows, malformed = stats.rows, stats.malformed
   left = max_examples or float('inf')
-  for chunk in _parsed_chunks(_read_lines(files(dataset_dir, EVAL)), table_sizes, stats):
+  lines = tf.data.Dataset.from_tensor_slices(tf.constant(files(dataset_dir, EVAL), tf.string)).flat_map(_file_lines)
+  for chunk in _parsed_chunks(lines, table_sizes, stats):
     if len(chunk['label']) >= left:
       yield {key: array[:left] for key, array in chunk.items()}
       break

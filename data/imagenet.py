@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from errors import ConfigError
-from data import batches
+from data import batches, windows
 
 DATASET = 'imagenet2012'
 TRAIN_SPLIT, EVAL_SPLIT = 'train', 'validation'
@@ -42,7 +42,7 @@ CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
 RESIZE_METHOD = tf.image.ResizeMethod.BICUBIC
-SHUFFLE_BUFFER = 2 ** 13  # encoded images (about 1 GB of ImageNet's), on top of shuffling the order of the files
+WINDOW = 2 ** 13  # training images shuffled together (about 1 GB of ImageNet's JPEGs), on top of the file order
 DTYPES = ('float32', 'bfloat16')
 
 Batch = dict[str, np.ndarray]
@@ -146,8 +146,9 @@ def eval_image(encoded: tf.Tensor, image_size: int, dtype: tf.DType = tf.float32
 
 def _train_example(example: dict[str, tf.Tensor], epoch_key: int, image_size: int,
                    dtype: tf.DType) -> dict[str, tf.Tensor]:
-  """Seeded by (seed, epoch) and the example's identity only: the same whatever the order or the process."""
-  example_key = tf.strings.to_hash_bucket_fast(example['tfds_id'], np.iinfo(np.int64).max)
+  """Seeded by (seed, epoch) and the example's identity (its file name) only: the same whatever the
+  order or the process."""
+  example_key = tf.strings.to_hash_bucket_fast(example['file_name'], np.iinfo(np.int64).max)
   seed = tf.stack([tf.constant(epoch_key, tf.int64), example_key])
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   return {'image': train_image(example['image'], crop_seed, flip_seed, image_size, dtype),
@@ -172,33 +173,52 @@ def _deterministic(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.with_options(options)
 
 
-def _train_epoch(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg, rows: int, image_size: int,
-                 dtype: tf.DType, seed: int, epoch: int, skip_examples: int) -> tf.data.Dataset:
-  """The batches of one epoch of `split`, less its first skip_examples examples (read, never decoded)."""
+def _train_epoch(paths: list[str], ranges: list[tuple[int, int]], rows: int, image_size: int, dtype: tf.DType,
+                 seed: int, epoch: int, first_example: int) -> tf.data.Dataset:
+  """The batches of one epoch from its `first_example` on: files in an order drawn from (seed, epoch),
+  every WINDOW examples shuffled from (seed, epoch, window), the epoch's last partial batch dropped.
+
+  Counts are known (the split's file instructions), so the window that holds
+  `first_example` is found by arithmetic and read from its file and record: the
+  examples before it are never read, those before `first_example` in it never decoded.
+  """
+  order = windows.file_order(len(paths), seed, epoch)
+  counts = [ranges[i][1] for i in order]
+  window = first_example // WINDOW
+  start = windows.Position(epoch, window, *windows.locate(counts, window * WINDOW))
   epoch_seed = batches.epoch_seed(seed, epoch)
-  read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, try_autocache=False, add_tfds_id=True)
-  records = _records(builder, split, read_config, shuffle_files=True)
-  # An op seed alone fixes the order while TensorFlow's global seed is unset (nothing here sets it).
-  records = records.shuffle(SHUFFLE_BUFFER, seed=epoch_seed).skip(skip_examples)
-  examples = records.map(functools.partial(_train_example, epoch_key=epoch_seed, image_size=image_size,
-                                           dtype=dtype), num_parallel_calls=tf.data.AUTOTUNE)
+  spec = {'image': tf.io.FixedLenFeature([], tf.string), 'label': tf.io.FixedLenFeature([], tf.int64),
+          'file_name': tf.io.FixedLenFeature([], tf.string)}
+
+  def shuffled(index, window):
+    records = tf.random.experimental.stateless_shuffle(
+        window['records'], seed=tf.stack([tf.constant(epoch_seed % 2 ** 63, tf.int64), index]))
+    return tf.data.Dataset.from_tensor_slices(records)
+
+  records = windows.epoch_windows([paths[i] for i in order], [ranges[i] for i in order], tf.data.TFRecordDataset,
+                                  start, WINDOW).enumerate(start=window).flat_map(shuffled)
+  examples = records.skip(first_example - window * WINDOW).take(
+      sum(counts) // rows * rows - first_example).map(
+          lambda record: _train_example(tf.io.parse_single_example(record, spec), epoch_seed, image_size, dtype),
+          num_parallel_calls=tf.data.AUTOTUNE)
   return _deterministic(examples.batch(rows, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def train_batches(data_dir: str, global_batch_size: int, image_size: int, seed: int, start_step: int,
-                  process_index: int, process_count: int, dtype: str = 'float32') -> Iterator[Batch]:
+                  process_index: int, process_count: int, dtype: str = 'float32',
+                  position=None) -> batches.Stream:
   """Endless augmented batches (image, label): this process's rows of each global batch of the train split.
 
   Each process reads its own slice of the split (tfds.split_for_jax_process, all
-  slices cut to the same length), epoch after epoch; each epoch shuffles it (file
-  order, then a buffer of SHUFFLE_BUFFER examples) with a seed derived from (seed,
-  epoch) under deterministic tf.data, and drops the examples that do not fill a last
-  batch. The crop and flip of an example are seeded by (seed, epoch, its tfds_id), so
-  they do not depend on the order or on the other processes. So the batch of step s
-  is a pure function of (seed, s, process_count), and resuming at `start_step`
-  continues the exact stream: whole epochs are skipped by arithmetic, and the
-  examples before the step within its epoch are read but not decoded. Each epoch
-  starts a fresh pipeline (a short pause while its shuffle buffer fills).
+  slices cut to the same length), epoch after epoch; each epoch takes the slice's
+  files in an order drawn from (seed, epoch) and shuffles every WINDOW consecutive
+  examples from (seed, epoch, window) (see data/windows.py), and drops the examples
+  that do not fill a last batch. The crop and flip of an example are seeded by (seed,
+  epoch, its file name), so they do not depend on the order or on the other processes.
+  So the batch of step s is a pure function of (seed, s, process_count), and resuming
+  at `start_step` seeks there by arithmetic: whole epochs and windows are skipped
+  unread, and the examples before the step in its window are read but not decoded.
+  The step is the position (`position` is not needed and not used).
   """
   check_prepared(data_dir)
   tf_dtype = _tf_dtype(dtype)
@@ -206,20 +226,21 @@ def train_batches(data_dir: str, global_batch_size: int, image_size: int, seed: 
   builder = _builder(data_dir)
   split = tfds.split_for_jax_process(TRAIN_SPLIT, process_index=process_index, process_count=process_count,
                                      drop_remainder=True)
-  slice_size = builder.info.splits[split].num_examples
+  paths, ranges = windows.tfds_files(builder, split)
+  slice_size = sum(take for _, take in ranges)
   steps_per_epoch = slice_size // rows
   if not steps_per_epoch:
     raise ConfigError(f'the {slice_size} training examples of a process cannot fill its {rows} rows of a batch '
                       f'of {global_batch_size}')
   first_epoch, first_step = divmod(start_step, steps_per_epoch)
 
-  def epochs() -> Iterator[Batch]:
+  def epochs() -> Iterator[tuple[Batch, None]]:
     for epoch in itertools.count(first_epoch):
-      skip_examples = first_step * rows if epoch == first_epoch else 0
-      yield from _train_epoch(builder, split, rows, image_size, tf_dtype, seed, epoch,
-                              skip_examples).as_numpy_iterator()
-
-  return epochs()
+      first_example = first_step * rows if epoch == first_epoch else 0
+      for batch in _train_epoch(paths, ranges, rows, image_size, tf_dtype, seed, epoch,
+                                first_example).as_numpy_iterator():
+        yield batch, None
+  return batches.Stream(epochs())
 
 
 def eval_batches(data_dir: str, global_batch_size: int, image_size: int, process_index: int, process_count: int,

@@ -15,6 +15,7 @@ Every batch is a dict of int32 arrays [rows, max_length]:
 Training rows pack several pairs; evaluation and decoding rows hold one each.
 """
 
+import functools
 import io
 import itertools
 import os
@@ -27,13 +28,15 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from errors import ConfigError
-from data import batches
+from data import batches, windows
 
 DATASET = 'wmt14_translate/fr-en'
 EVAL_SPLIT = 'test'  # newstest2014
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-SHUFFLE_BUFFER = 2 ** 17  # pairs, on top of shuffling the order of the files
-READ_CHUNK = 2048  # pairs read, tokenized and packed together
+SHUFFLE_BUFFER = 2 ** 17  # pairs the tokenizer's training sample is drawn from
+READ_CHUNK = 2048  # pairs read and decoded together
+WINDOW = 2 ** 15  # training pairs shuffled and packed together, on top of shuffling the order of the files
+TRAIN_KEYS = tuple(f'{side}{suffix}' for side in ('inputs', 'targets') for suffix in ('', '_segmentation', '_position'))
 
 Batch = dict[str, np.ndarray]
 
@@ -174,79 +177,81 @@ def _fill(name: str, sentences: Sequence[Sequence[int]], rows: np.ndarray, max_l
   return arrays
 
 
-def _pack_rows(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], rows: np.ndarray,
-               max_length: int) -> Batch:
+def pack(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], max_length: int) -> Batch:
+  """Pairs that fit max_length packed into rows in order: each pair goes into the open row if
+  both its sides fit in what that row has left, else into a new row."""
+  rows = assign_rows(inputs, targets, max_length)
   return {**_fill('inputs', inputs, rows, max_length), **_fill('targets', targets, rows, max_length)}
 
 
-def pack(pair_chunks: Iterable[tuple[list[list[int]], list[list[int]]]],
-         max_length: int) -> Iterator[Batch]:
-  """Packed rows, a few at a time, of a stream of (inputs, targets) chunks of pairs that fit max_length.
+def _train_windows(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int, seed: int,
+                   shard_index: int, num_shards: int, start: windows.Position
+                   ) -> Iterator[tuple[windows.Position, Batch]]:
+  """One shard's packed rows, a window of WINDOW pairs at a time, from `start`'s window on.
 
-  Pairs go into rows in stream order, each into the open row if both its sides fit
-  in what that row has left, else into a new row. Rows depend on the pairs alone, not
-  on how the stream is chunked; the last open row is held back until the stream ends.
+  A window's pairs are shuffled, encoded, those with a side over max_length dropped, and
+  the rest packed: rows never span windows, so a window's rows depend on it alone.
   """
-  inputs, targets = [], []
-  for chunk_inputs, chunk_targets in pair_chunks:
-    inputs += chunk_inputs
-    targets += chunk_targets
-    rows = assign_rows(inputs, targets, max_length)
-    closed = int(np.searchsorted(rows, rows[-1])) if len(rows) else 0  # all rows but the last
-    if closed:
-      yield _pack_rows(inputs[:closed], targets[:closed], rows[:closed], max_length)
-      inputs, targets = inputs[closed:], targets[closed:]
-  if inputs:
-    yield _pack_rows(inputs, targets, assign_rows(inputs, targets, max_length), max_length)
-
-
-def _train_pairs(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_length: int, seed: int,
-                 shard_index: int, num_shards: int) -> Iterator[tuple[list[list[int]], ...]]:
-  """Chunks of encoded pairs of one shard of the split, epoch after epoch, less those over max_length."""
-  shard = tfds.split_for_jax_process('train', process_index=shard_index, process_count=num_shards)
-  for epoch in itertools.count():
-    kept = 0
-    for english, french in _text_chunks(_read(data_dir, shard, batches.epoch_seed(seed, epoch))):
-      inputs, targets = encode(tokenizer, english), encode(tokenizer, french)
-      fits = [i for i, (source, target) in enumerate(zip(inputs, targets))
-              if len(source) <= max_length and len(target) <= max_length]
-      kept += len(fits)
-      yield [inputs[i] for i in fits], [targets[i] for i in fits]
-    if not kept:
-      raise ConfigError(f'max_length={max_length}: no pair of the training shard fits (tokens per side)')
+  builder = tfds.builder(DATASET, data_dir=data_dir)
+  paths, ranges = windows.tfds_files(
+      builder, tfds.split_for_jax_process('train', process_index=shard_index, process_count=num_shards))
+  spec = {side: tf.io.FixedLenFeature([], tf.string) for side in ('en', 'fr')}
+  epoch, whole, kept = start.epoch, start == windows.Position(start.epoch), 0
+  for position, window in windows.windows(paths, tf.data.TFRecordDataset, WINDOW, seed, start,
+                                          lambda records: tf.io.parse_example(records, spec), ranges):
+    if position.epoch != epoch:
+      if whole and not kept:
+        raise ConfigError(f'max_length={max_length}: no pair of the training shard fits (tokens per side)')
+      epoch, whole, kept = position.epoch, True, 0
+    order = windows.window_order(len(window['en']), seed, position)
+    inputs = encode(tokenizer, [window['en'][i].decode() for i in order])
+    targets = encode(tokenizer, [window['fr'][i].decode() for i in order])
+    fits = [i for i, (source, target) in enumerate(zip(inputs, targets))
+            if len(source) <= max_length and len(target) <= max_length]
+    kept += len(fits)
+    if fits:
+      yield position, pack([inputs[i] for i in fits], [targets[i] for i in fits], max_length)
+    else:
+      yield position, {key: np.zeros((0, max_length), np.int32) for key in TRAIN_KEYS}
 
 
 def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, global_batch_size: int,
                   max_length: int, seed: int, start_step: int, process_index: int,
-                  process_count: int, num_shards: int = 0) -> Iterator[Batch]:
+                  process_count: int, num_shards: int = 0, position=None) -> batches.Stream:
   """Endless packed batches: this process's rows of each global batch of the train split.
 
   The split is cut into `num_shards` even slices (0: one per process), each its own
-  stream: its pairs, epoch after epoch, each epoch shuffled (file order and a buffer
-  of SHUFFLE_BUFFER pairs) with a seed derived from (seed, epoch); pairs with a side
-  longer than max_length tokens (EOS included) are dropped, the rest are packed (see
-  `pack`), and every global_batch_size / num_shards consecutive rows are that
-  stream's part of a step. A process reads only its num_shards / process_count
-  streams and stacks their parts. So the batch of step s is a pure function of
-  (seed, s, num_shards): with a fixed num_shards the same global batches reach the
-  model whatever the number of processes. Resuming at `start_step` re-reads,
-  tokenizes and packs each stream from its start and drops the first start_step
-  parts: the exact stream continues, at a cost that grows with start_step.
+  stream: its pairs, epoch after epoch (see data/windows.py), each epoch taking the
+  files in an order drawn from (seed, epoch) and shuffling every WINDOW consecutive
+  pairs; pairs with a side longer than max_length tokens (EOS included) are dropped,
+  the rest packed within their window (see `pack`), and every global_batch_size /
+  num_shards consecutive rows are that stream's part of a step. A process reads only
+  its num_shards / process_count streams and stacks their parts. So the batch of step
+  s is a pure function of (seed, s, num_shards): with a fixed num_shards the same
+  global batches reach the model whatever the number of processes. The stream's
+  `position` after a batch (one per shard), given back as `position`, continues it by
+  reading one window per shard; without one, resuming at `start_step` re-reads,
+  tokenizes and packs each shard from its start.
   """
   num_shards = num_shards or process_count
   if num_shards % process_count or global_batch_size % num_shards:
     raise ConfigError(f'train_shards={num_shards} must be a multiple of the process count '
                       f'({process_count}) and divide global_batch_size={global_batch_size}')
   rows = global_batch_size // num_shards
-  mine = num_shards // process_count
-  streams = [
-      batches.rebatch(pack(_train_pairs(data_dir, tokenizer, max_length, seed, shard, num_shards), max_length),
-               rows, skip_rows=start_step * rows)
-      for shard in range(process_index * mine, (process_index + 1) * mine)]
-  if len(streams) == 1:
-    return streams[0]
-  return ({key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-          for parts in zip(*streams))
+  mine = range(process_index * (num_shards // process_count), (process_index + 1) * (num_shards // process_count))
+  if position is not None and (not isinstance(position, list) or len(position) != len(mine)):
+    raise ConfigError(f'data position {position!r} is not one of this reader\'s: want a list of '
+                      f'{len(mine)} shard positions')
+  streams = [windows.stream(functools.partial(_train_windows, data_dir, tokenizer, max_length, seed, shard,
+                                              num_shards),
+                            rows, start_step, None if position is None else position[i])
+             for i, shard in enumerate(mine)]
+
+  def stacked() -> Iterator[tuple[Batch, list]]:
+    for parts in zip(*streams):
+      yield ({key: np.concatenate([part[key] for part in parts]) for key in parts[0]},
+             [stream.position for stream in streams])
+  return batches.Stream(stacked())
 
 
 def _truncate(sentences: list[list[int]], max_length: int) -> list[list[int]]:

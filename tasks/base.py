@@ -17,13 +17,14 @@ match wins. `width` is the size that `base_width` is compared with under muP.
 import abc
 import math
 import re
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from errors import ConfigError
+from data import batches
 
 Batch = dict[str, np.ndarray]
 SPLITS = ('train', 'eval')
@@ -82,8 +83,13 @@ class Task(abc.ABC):
     return {k: v / count for k, v in sums.items() if k != 'count'}
 
   @abc.abstractmethod
-  def train_data(self, process_index: int, process_count: int, start_step: int) -> Iterator[Batch]:
-    """This process's share of each global batch, from step `start_step` on."""
+  def train_data(self, process_index: int, process_count: int, start_step: int,
+                 position=None) -> batches.Stream:
+    """This process's share of each global batch, from step `start_step` on.
+
+    `position` is the stream's own `position` after the batch before `start_step`, when a
+    checkpoint kept it: the reader seeks there instead of replaying the steps before.
+    """
 
   @abc.abstractmethod
   def eval_data(self, process_index: int, process_count: int) -> Iterable[Batch]:

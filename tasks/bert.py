@@ -169,9 +169,9 @@ class Pretraining(Task):
         'masked_lm_positions': (predictions, jnp.int32), 'masked_lm_ids': (predictions, jnp.int32),
         'masked_lm_weights': (predictions, jnp.int32), 'next_sentence_labels': ((), jnp.int32)})
 
-  def train_data(self, process_index, process_count, start_step):
+  def train_data(self, process_index, process_count, start_step, position=None):
     return bert_pretraining.train_batches(self._prepared(), self.config.global_batch_size, self.config.seed,
-                                          start_step, process_index, process_count)
+                                          start_step, process_index, process_count, position)
 
   def eval_data(self, process_index, process_count):
     if self._eval is None:

@@ -136,9 +136,9 @@ class ClickThrough(Task):
                                                       'sparse': ((criteo.NUM_SPARSE,), np.int32),
                                                       'label': ((), np.float32)})
 
-  def train_data(self, process_index, process_count, start_step):
+  def train_data(self, process_index, process_count, start_step, position=None):
     return criteo.train_batches(self._prepared(), self.config.task.table_sizes, self.config.global_batch_size,
-                                self.config.seed, start_step, process_index, process_count)
+                                self.config.seed, start_step, process_index, process_count, position=position)
 
   def eval_data(self, process_index, process_count):
     """The eval split, parsed once per run where this process's rows fit in EVAL_CACHE_BYTES: every

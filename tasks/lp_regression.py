@@ -133,7 +133,7 @@ class LpRegression(Task):
     return {'loss': jnp.sum(w * jnp.abs(r) ** self.config.task.p),
             'mse': jnp.sum(w * r ** 2), 'count': jnp.sum(w)}
 
-  def train_data(self, process_index, process_count, start_step):
+  def train_data(self, process_index, process_count, start_step, position=None):
     train, _ = self._load()
     return batches.train_batches(train, self.config.global_batch_size, self.config.seed,
                                  start_step, process_index, process_count)

@@ -188,10 +188,11 @@ class ImageClassification(Task):
   def width(self) -> int:
     return self.config.task.width
 
-  def train_data(self, process_index, process_count, start_step):
+  def train_data(self, process_index, process_count, start_step, position=None):
     task = self.config.task
     return imagenet.train_batches(self._prepared(), self.config.global_batch_size, task.image_size,
-                                  self.config.seed, start_step, process_index, process_count, task.dtype)
+                                  self.config.seed, start_step, process_index, process_count, task.dtype,
+                                  position)
 
   def eval_data(self, process_index, process_count):
     task = self.config.task

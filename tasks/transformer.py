@@ -212,10 +212,10 @@ class Translation(Task):
     length = task.max_length if split == 'train' else task.eval_max_length
     return abstract_global_batch(self.config, split, {name: ((length,), jnp.int32) for name in BATCH_KEYS})
 
-  def train_data(self, process_index, process_count, start_step):
+  def train_data(self, process_index, process_count, start_step, position=None):
     return wmt.train_batches(
         self.data_dir, self.tokenizer(), self.config.global_batch_size, self.config.task.max_length,
-        self.config.seed, start_step, process_index, process_count, self.config.task.train_shards)
+        self.config.seed, start_step, process_index, process_count, self.config.task.train_shards, position)
 
   def eval_data(self, process_index, process_count):
     if self._eval is None:

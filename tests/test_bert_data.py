@@ -191,14 +191,21 @@ def test_processes_read_disjoint_shares_that_cover_the_data(prepared, process_co
   assert shares == collections.Counter(row_keys(all_train_records(prepared)))
 
 
-def test_resume_continues_the_exact_stream(prepared):
+def test_resume_continues_the_exact_stream(prepared, monkeypatch):
+  monkeypatch.setattr(bp, 'WINDOW', 100)  # windows end inside files and batches
   stream = bp.train_batches(prepared, 64, SEED, 0, 0, 1)
   steps_per_epoch = bp.examples_per_epoch(prepared, 0, 1) // 64
-  fresh = [next(stream) for _ in range(steps_per_epoch + 3)]
+  fresh, positions = [], []
+  for _ in range(steps_per_epoch + 3):
+    fresh.append(next(stream))
+    positions.append(stream.position)
   for step in (3, steps_per_epoch, steps_per_epoch + 2):  # within, at and after an epoch's end
-    resumed = next(bp.train_batches(prepared, 64, SEED, step, 0, 1))
-    for name in bp.FEATURES:
-      np.testing.assert_array_equal(resumed[name], fresh[step][name])
+    for resumed in (bp.train_batches(prepared, 64, SEED, step, 0, 1),
+                    bp.train_batches(prepared, 64, SEED, step, 0, 1, position=positions[step - 1])):
+      got = next(resumed)
+      for name in bp.FEATURES:
+        np.testing.assert_array_equal(got[name], fresh[step][name])
+    assert resumed.position == positions[step]
   two = [bp.train_batches(prepared, 64, SEED, 0, p, 2) for p in (0, 1)]
   later = [bp.train_batches(prepared, 64, SEED, 5, p, 2) for p in (0, 1)]
   for process in (0, 1):

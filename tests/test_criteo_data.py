@@ -109,25 +109,39 @@ def test_train_shares_are_disjoint_and_cover_each_epoch(tmp_path):
       assert sorted(epoch_0) == sorted(epoch_1) and epoch_0.tolist() != epoch_1.tolist()
 
 
-def test_resume_continues_the_exact_stream_across_epochs_and_malformed_lines(tmp_path):
+def test_resume_continues_the_exact_stream_across_epochs_and_malformed_lines(tmp_path, monkeypatch):
+  monkeypatch.setattr(criteo, 'WINDOW', 16)  # 62 lines an epoch: windows end inside files and batches
   for i in range(3):
     lines = numbered_lines(20 * i, 20)
-    write(str(tmp_path / 'train' / f'part-{i}'), lines[:5] + ['bad line'] * (i == 1) + lines[5:])
+    write(str(tmp_path / 'train' / f'part-{i}'), lines[:5] + ['bad line'] * (i == 1) + lines[5:] + ['x'] * (i == 2))
   write(str(tmp_path / 'eval' / 'part-0'), numbered_lines(0, 1))
   stats = criteo.ReadStats()
   stream = criteo.train_batches(str(tmp_path), SIZES, 8, seed=3, start_step=0, process_index=0,
                                 process_count=1, stats=stats)
-  whole = [next(stream) for _ in range(24)]  # 60 rows an epoch: 7.5 steps, 3.2 epochs
-  assert stats.malformed >= 3 and stats.rows >= 24 * 8
+  whole, positions = [], []
+  for _ in range(24):  # 60 rows an epoch: 7.5 steps, 3.2 epochs
+    whole.append(next(stream))
+    positions.append(stream.position)
+  assert stats.malformed >= 6 and stats.rows >= 24 * 8
   assert all(b['dense'].shape == (8, 13) and b['sparse'].shape == (8, 26) for b in whole)
   for start in (5, 7, 8, 16, 20):  # 16: the second epoch is skipped without reading it
-    resumed = criteo.train_batches(str(tmp_path), SIZES, 8, 3, start, 0, 1)
+    replayed = criteo.train_batches(str(tmp_path), SIZES, 8, 3, start, 0, 1)
+    read = criteo.ReadStats()
+    sought = criteo.train_batches(str(tmp_path), SIZES, 8, 3, start, 0, 1, read, position=positions[start - 1])
     for step in range(start, start + 4):
-      got = next(resumed)
-      for key in ('dense', 'sparse', 'label'):
-        np.testing.assert_array_equal(got[key], whole[step][key])
+      for resumed in (replayed, sought):
+        got = next(resumed)
+        for key in ('dense', 'sparse', 'label'):
+          np.testing.assert_array_equal(got[key], whole[step][key])
+      if step == start:  # the position's window and the next, not the lines before
+        assert read.rows <= 2 * criteo.WINDOW, (start, read.rows)
+    assert sought.position == positions[start + 3]
+  sorted_lines = sorted(np.concatenate([line_numbers(b) for b in whole[:7]]).tolist())
+  assert len(set(sorted_lines)) == len(sorted_lines)  # within an epoch no line twice
   other_seed = criteo.train_batches(str(tmp_path), SIZES, 8, 4, 0, 0, 1)
   assert line_numbers(next(other_seed)).tolist() != line_numbers(whole[0]).tolist()
+  with pytest.raises(ConfigError, match='data position'):
+    criteo.train_batches(str(tmp_path), SIZES, 8, 3, 5, 0, 1, position={'epoch': 0})
 
 
 def test_eval_batches_stream_padded_shares_of_the_eval_split(tmp_path):

@@ -1,7 +1,11 @@
+import itertools
+import os
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from data import batches, gas_sensor
+from data import batches, gas_sensor, windows
 
 
 def test_gas_sensor_generator_writes_the_uci_format_and_reader_reads_it(tmp_path):
@@ -54,3 +58,57 @@ def test_eval_batches_pad_the_last_batch_with_zero_weight():
   assert [b['weight'].tolist() for b in got] == [[1, 1], [1, 1], [0, 0]]
   total = sum(b['weight'].sum() for p in range(2) for b in batches.eval_batches(arrays, 4, p, 2))
   assert total == 10
+
+
+def write_numbered_records(folder, counts) -> list[str]:
+  """TFRecord files of counts[i] records each; record r of file i holds the number 1000 * i + r."""
+  paths = []
+  for i, count in enumerate(counts):
+    paths.append(os.path.join(folder, f'part-{i}.tfrecord'))
+    with tf.io.TFRecordWriter(paths[-1]) as writer:
+      for r in range(count):
+        writer.write(str(1000 * i + r).encode())
+  return paths
+
+
+def numbers_of(records):
+  return {'number': tf.strings.to_number(records, tf.int64)}
+
+
+def test_windows_are_seekable_from_the_positions_they_report(tmp_path):
+  counts, ranges = [5, 12, 1, 9], [(0, -1), (2, 8), (0, -1), (1, 8)]  # 5 + 8 + 1 + 8 = 22 an epoch
+  paths = write_numbered_records(str(tmp_path), counts)
+  read = lambda start: windows.windows(paths, tf.data.TFRecordDataset, 4, 3, start, numbers_of, ranges)
+  whole = list(itertools.islice(read(windows.Position()), 18))  # 6 windows an epoch: 3 epochs
+  epochs = [[w for p, w in whole if p.epoch == e] for e in range(3)]
+  numbers = [np.concatenate([w['number'] for w in epoch]).tolist() for epoch in epochs]
+  wanted = sorted(list(range(5)) + list(range(1002, 1010)) + [2000] + list(range(3001, 3009)))
+  assert sorted(numbers[0]) == wanted and numbers[0] != numbers[1]  # each record once; files reshuffled
+  for position, window in whole:
+    again = next(read(position))  # a reported position reads that window again, and nothing before it
+    assert again[0] == position
+    np.testing.assert_array_equal(again[1]['number'], window['number'])
+    order = windows.file_order(len(paths), 3, position.epoch)
+    taken = [ranges[i][1] if ranges[i][1] >= 0 else counts[i] for i in order]
+    assert windows.locate(taken, 4 * position.window) == (position.file, position.record)
+
+
+def test_streams_resume_from_a_position_or_by_replaying_to_the_step(tmp_path):
+  paths = write_numbered_records(str(tmp_path), [7, 6, 8])
+
+  def read(start):
+    for position, window in windows.windows(paths, tf.data.TFRecordDataset, 5, 1, start, numbers_of):
+      yield position, {'number': window['number'][windows.window_order(len(window['number']), 1, position)]}
+
+  stream = windows.stream(read, 3, 0)
+  fresh, positions = [], []
+  for _ in range(20):  # 21 records an epoch: batches run across epoch ends
+    fresh.append(next(stream)['number'])
+    positions.append(stream.position)
+  assert sorted(np.concatenate(fresh[:7]).tolist()) == sorted(list(range(7)) + list(range(1000, 1006))
+                                                              + list(range(2000, 2008)))
+  for step in (1, 5, 7, 12):
+    for resumed in (windows.stream(read, 3, step), windows.stream(read, 3, step, positions[step - 1])):
+      for later in range(step, step + 3):
+        np.testing.assert_array_equal(next(resumed)['number'], fresh[later])
+      assert resumed.position == positions[step + 2]

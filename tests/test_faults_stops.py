@@ -22,6 +22,7 @@ from clu.metric_writers import SummaryWriter
 import trainer
 from conftest import ROOT, load_config
 from errors import ConfigError
+from data import batches
 from tasks.lp_regression import LpRegression
 from trainer import loop, workdir as workdirs
 
@@ -196,11 +197,15 @@ def test_a_read_only_workdir_is_refused_and_a_read_only_checkpoints_folder_stops
 
   original = LpRegression.train_data
 
-  def read_only_from_step_15(self, process_index, process_count, start_step):
-    for step, batch in enumerate(original(self, process_index, process_count, start_step), start_step):
-      if step == 15:
-        (workdir / 'checkpoints').chmod(0o555)
-      yield batch
+  def read_only_from_step_15(self, process_index, process_count, start_step, position=None):
+    stream = original(self, process_index, process_count, start_step, position)
+
+    def refused():
+      for step, batch in enumerate(stream, start_step):
+        if step == 15:
+          (workdir / 'checkpoints').chmod(0o555)
+        yield batch, stream.position
+    return batches.Stream(refused())
 
   monkeypatch.setattr(LpRegression, 'train_data', read_only_from_step_15)
   try:

@@ -89,7 +89,7 @@ def test_bfloat16_activations_keep_float32_parameters_and_logits(tiny_variables)
 
 def test_tiny_training_lowers_loss(tmp_path):
   """From chance (loss log 4 at the 0.01-scale head) to well above it on 4 generated classes."""
-  config = load_config('resnet50_sgd', **dict(SMALL, num_steps=60, eval_every=60, schedule__warmup_steps=5,
+  config = load_config('resnet50_sgd', **dict(SMALL, num_steps=80, eval_every=80, schedule__warmup_steps=5,
                                               optimizer__learning_rate=0.1))
   summary = trainer.run(config, str(tmp_path / 'run'), 'resnet50_sgd', devices=jax.devices()[:1])
   final = summary['final_eval']

@@ -16,6 +16,7 @@ import trainer
 from trainer import loop
 from errors import ConfigError
 from conftest import ROOT, load_config
+from data import batches, criteo
 from tasks.lp_regression import LpRegression
 
 ONE_DEVICE = jax.devices()[:1]
@@ -152,14 +153,49 @@ def test_resume_after_sigterm_is_exact(tmp_path, monkeypatch):
   assert second['train_seconds'] > first['train_seconds']  # timers carried over
 
 
+def test_a_resume_seeks_the_input_position_its_checkpoint_kept(tmp_path, monkeypatch):
+  """DLRM reads Criteo TSV files: a resumed run continues the stream from the position the
+  checkpoint kept (reading one window) and ends bitwise where a straight run does."""
+  monkeypatch.setattr(criteo, 'WINDOW', 1000)  # several windows an epoch
+  common = dict(task__generated_train=6000, task__generated_eval=500, task__dataset='synthetic_criteo_resume',
+                task__embedding_dim=4, task__bottom_mlp=(8,), task__top_mlp=(8,), eval_batch_size=500,
+                num_steps=16, log_every=4, eval_every=16, checkpoint_every=8)
+  run(tmp_path, 'dlrm_adam', workdir='straight', **common)
+  progress, reader, given = loop._Progress.__call__, criteo.train_batches, []
+
+  def terminated_after_step_9(self, step, t):
+    if step == 9:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return progress(self, step, t)
+
+  def recording_reader(*args, position, **kwargs):
+    given.append(position)
+    return reader(*args, position=position, **kwargs)
+
+  monkeypatch.setattr(loop._Progress, '__call__', terminated_after_step_9)
+  assert run(tmp_path, 'dlrm_adam', workdir='resumed', **common)['step'] == 10
+  monkeypatch.setattr(loop._Progress, '__call__', progress)
+  monkeypatch.setattr(criteo, 'train_batches', recording_reader)
+  assert run(tmp_path, 'dlrm_adam', workdir='resumed', **common)['status'] == 'completed'
+  assert given[0]['row'] > 0 and given[0]['window'] >= 0  # the kept position, not a replay from the start
+  (step_a, leaves_a), (step_b, leaves_b) = (checkpoint_leaves(tmp_path / w) for w in ('straight', 'resumed'))
+  assert step_a == step_b == 16
+  for a, b in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_planted_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   original = LpRegression.train_data
 
-  def nan_at_step_8(self, process_index, process_count, start_step):
-    for step, batch in enumerate(original(self, process_index, process_count, start_step), start_step):
-      if step == 7:
-        batch['x'] = np.full_like(batch['x'], np.nan)
-      yield batch
+  def nan_at_step_8(self, process_index, process_count, start_step, position=None):
+    stream = original(self, process_index, process_count, start_step, position)
+
+    def planted():
+      for step, batch in enumerate(stream, start_step):
+        if step == 7:
+          batch['x'] = np.full_like(batch['x'], np.nan)
+        yield batch, stream.position
+    return batches.Stream(planted())
 
   monkeypatch.setattr(LpRegression, 'train_data', nan_at_step_8)
   summary = run(tmp_path, num_steps=30, log_every=10, eval_every=10, checkpoint_every=5)

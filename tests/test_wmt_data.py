@@ -40,11 +40,6 @@ def unpack_pairs(batches_):
   return list(zip(inputs, targets))
 
 
-def concatenated(row_chunks):
-  row_chunks = list(row_chunks)
-  return {key: np.concatenate([chunk[key] for chunk in row_chunks]) for key in row_chunks[0]}
-
-
 def fitting_pairs(tokenizer, english, french, max_length):
   pairs = zip(wmt.encode(tokenizer, english), wmt.encode(tokenizer, french))
   return [(i, t) for i, t in pairs if len(i) <= max_length and len(t) <= max_length]
@@ -126,14 +121,10 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
 
 def test_pack_keeps_pairs_whole_and_in_order(corpus, tokenizer):
   pairs = fitting_pairs(tokenizer, *wmt.read_split(corpus, 'validation'), 64)
-  inputs, targets = [i for i, _ in pairs], [t for _, t in pairs]
-  chunks = [(inputs[s:s + 7], targets[s:s + 7]) for s in range(0, len(pairs), 7)]
-  rows = concatenated(wmt.pack(chunks, 64))
-  whole = concatenated(wmt.pack([(inputs, targets)], 64))
-  for key, array in whole.items():  # rows do not depend on how the stream is chunked
-    np.testing.assert_array_equal(rows[key], array)
-  assert unpack_pairs([whole]) == pairs
-  assert len(whole['inputs']) < len(pairs)  # several pairs share rows
+  packed = wmt.pack([i for i, _ in pairs], [t for _, t in pairs], 64)
+  assert unpack_pairs([packed]) == pairs
+  assert len(packed['inputs']) < len(pairs)  # several pairs share rows
+  check_packed_rows(packed, len(packed['inputs']), 64)
 
 
 def check_packed_rows(batch, batch_size, max_length):
@@ -157,10 +148,14 @@ def check_packed_rows(batch, batch_size, max_length):
     assert set(inputs_row) - {0} == set(targets_row) - {0}
 
 
-def test_train_batches_pack_each_epoch_and_resume_exactly(corpus, tokenizer):
+def test_train_batches_pack_each_epoch_and_resume_exactly(corpus, tokenizer, monkeypatch):
+  monkeypatch.setattr(wmt, 'WINDOW', 700)  # windows end inside batches
   batch_size, max_length = 256, 96  # about 1.7 pairs per row, 7 steps per epoch
   stream = wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED, 0, 0, 1)
-  first = [next(stream) for _ in range(16)]
+  first, kept = [], []
+  for _ in range(16):
+    first.append(next(stream))
+    kept.append(stream.position)
   for batch in first:
     check_packed_rows(batch, batch_size, max_length)
   unpacked = unpack_pairs(first)
@@ -170,9 +165,15 @@ def test_train_batches_pack_each_epoch_and_resume_exactly(corpus, tokenizer):
   assert sorted(epoch) == sorted(expected) and epoch != expected  # each pair once, shuffled
   assert unpacked[len(expected):2 * len(expected)] != epoch  # the next epoch is reshuffled
   for step in (1, 9):
-    resumed = next(wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED, step, 0, 1))
-    for key, array in first[step].items():
-      np.testing.assert_array_equal(resumed[key], array)
+    replayed = wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED, step, 0, 1)
+    sought = wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED, step, 0, 1, position=kept[step - 1])
+    for resumed in (replayed, sought):
+      batch = next(resumed)
+      for key, array in first[step].items():
+        np.testing.assert_array_equal(batch[key], array)
+    assert sought.position == kept[step]
+  with pytest.raises(ConfigError, match='data position'):
+    wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED, 1, 0, 1, position=kept[0][0])
   other = next(wmt.train_batches(corpus, tokenizer, batch_size, max_length, SEED + 1, 0, 0, 1))
   assert not np.array_equal(other['inputs'], first[0]['inputs'])
 

@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import optimizers
 import tasks
 from errors import ConfigError
-from trainer import diagnostics, partitioning, prefetch, timing, workdir as workdirs, writers
+from trainer import diagnostics, distributed, partitioning, prefetch, timing, workdir as workdirs, writers
 from trainer.checkpoints import Checkpointer
 
 # Steps dispatched ahead of the host. Enough to keep a device busy; unbounded
@@ -49,6 +49,8 @@ FAILED_ROOTS_WARNING = 0.1  # share of a refresh's roots that failed, above whic
 # Optimizer-state fields that hold non-finite values by design, as records the updates do not use:
 # Shampoo's root_errors (inf: that root failed) and K-FAC's rho (NaN before its first adaptation).
 NON_FINITE_BY_DESIGN = ('root_errors', 'rho')
+# A checkpoint's meta field: every process's input stream position at its step (a resume seeks there).
+DATA_POSITIONS = 'data_positions'
 
 
 @flax.struct.dataclass
@@ -318,8 +320,9 @@ class Setup:
 class Steps(NamedTuple):
   """The compiled programs of a run and the data they start on."""
   train: Callable
-  train_data: Any             # iterator of this process's training batches
+  train_data: Any             # data.batches.Stream: this process's training batches after the first
   first_batch: dict
+  first_position: Any         # this process's stream position after the first batch
   evaluate: Callable          # (state, step) -> eval metrics (decoding included when due)
   diagnose: Callable | None   # state -> diagnostics, or None when off
   first_non_finite: Callable  # state -> path of its first non-finite leaf ('params/dense/kernel'), or None
@@ -423,12 +426,25 @@ def finite_check(setup: Setup, state: TrainState) -> Callable[[TrainState], str 
   return first_non_finite
 
 
-def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer) -> Steps:
+def _kept_position(meta: dict):
+  """This process's data position from a checkpoint's meta, or None (none kept, or kept for
+  another number of processes, whose shares differ: the reader replays instead)."""
+  positions = meta.get(DATA_POSITIONS)
+  if positions is None or len(positions) != jax.process_count():
+    if positions is not None:
+      logging.warning('the checkpoint kept data positions for %d processes, not %d: replaying the input '
+                      'stream to the step instead', len(positions), jax.process_count())
+    return None
+  return positions[jax.process_index()]
+
+
+def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer, meta: dict) -> Steps:
   """Compiles ahead of time, so that compilation is never charged to training."""
   task, shardings, intervals = setup.task, setup.shardings, setup.intervals
   process_index, process_count = jax.process_index(), jax.process_count()
-  train_data = task.train_data(process_index, process_count, int(state.step))
+  train_data = task.train_data(process_index, process_count, int(state.step), _kept_position(meta))
   first_batch = partitioning.global_batch(next(train_data), shardings.batch)
+  first_position = train_data.position
   with timer.pause('compile'):
     train = jax.jit(setup.train_step, in_shardings=(shardings.state, shardings.batch),
                     out_shardings=(shardings.state, shardings.replicated), donate_argnums=0,
@@ -447,7 +463,7 @@ def compile_steps(setup: Setup, state: TrainState, timer: timing.RunTimer) -> St
     diagnose = lambda state: compiled(state.params, state.model_state, state.opt_state, diagnostic_batch)
   with timer.pause('compile'):
     first_non_finite = finite_check(setup, state)
-  return Steps(train, train_data, first_batch, evaluate, diagnose, first_non_finite)
+  return Steps(train, train_data, first_batch, first_position, evaluate, diagnose, first_non_finite)
 
 
 class _Evaluator:
@@ -527,13 +543,15 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
     log_diagnostics(state, step)
   timer.start_training()
   progress(step, timer.train_seconds)
-  batch = steps.first_batch
-  place = lambda batch: partitioning.global_batch(batch, setup.shardings.batch)
-  with contextlib.closing(prefetch.Prefetcher(steps.train_data, place, count=num_steps - step - 1)) as batches:
+  batch, after_batch = steps.first_batch, steps.first_position
+  positioned = ((batch, steps.train_data.position) for batch in steps.train_data)
+  place = lambda item: (partitioning.global_batch(item[0], setup.shardings.batch), item[1])
+  with contextlib.closing(prefetch.Prefetcher(positioned, place, count=num_steps - step - 1)) as batches:
     while status is None:
       if roots is not None:
         state = state.replace(opt_state=roots.before_update(state.opt_state, step))
       state, metrics = steps.train(state, batch)
+      data_position = after_batch  # where the input stands for the next step
       if roots is not None:
         roots.after_update(state.opt_state, step)
       step += 1
@@ -541,7 +559,7 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
       if len(window) > MAX_STEPS_IN_FLIGHT:
         window[-MAX_STEPS_IN_FLIGHT - 1]['loss'].block_until_ready()
       if step < num_steps:
-        batch, waited = batches.get()
+        (batch, after_batch), waited = batches.get()
         timer.seconds[timing.INPUT_WAIT] += waited
       stopping = stop.requested(agree=step % intervals.log_every == 0)
       if step % intervals.log_every == 0 or step in flush_steps or stopping:
@@ -585,7 +603,8 @@ def train(setup: Setup, steps: Steps, state: TrainState, meta: dict, timer: timi
           leaf = steps.first_non_finite(state)
           if leaf is None:
             saved = state if roots is None else state.replace(opt_state=roots.to_save(state.opt_state))
-            checkpointer.save(step, saved, {**meta, **timer.totals()})
+            positions = distributed.every_process(data_position)
+            checkpointer.save(step, saved, {**meta, **timer.totals(), DATA_POSITIONS: positions})
         if leaf is not None:  # finite losses, but an update since the last save left a non-finite value
           status = diverged(step, None, leaf)
           break
@@ -675,7 +694,7 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, setup: Setup, che
     # ---- Compile, then train (or, killed after its last checkpoint but before summary.json,
     # evaluate once more to rebuild the summary). A signal before training stops the run here.
     summary = {**setup.summary, 'status': None, 'step': start_step, 'final_eval': None, 'final_train': None}
-    steps = None if stop.requested() else compile_steps(setup, state, timer)
+    steps = None if stop.requested() else compile_steps(setup, state, timer, meta)
     step = start_step
     if stop.requested():
       status = INTERRUPTED
