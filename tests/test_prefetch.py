@@ -5,8 +5,13 @@ bench/input_pipeline.py."""
 import threading
 import time
 
+import jax
 import pytest
 
+import trainer
+from conftest import load_config
+from data import batches
+from tasks.transformer import Translation
 from trainer import prefetch
 
 
@@ -45,3 +50,28 @@ def test_batches_are_read_ahead_unasked_but_no_further_than_the_depth_and_close_
   assert prefetch.DEPTH <= len(read) <= prefetch.DEPTH + 1  # the queue's batches, and one waiting for room
   batches.close()
   assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_slowed_reader_faster_than_the_step_costs_the_run_under_2_percent_in_waits(tmp_path, monkeypatch):
+  """The tiny Transformer, its reader slowed to 20 ms a batch (its steps take longer): with the batches
+  read ahead, the loop waits for input under 2% of its training time (reading each batch when
+  asked, it waits the reader's whole time, over 10%: bench/input_pipeline.py)."""
+  original = Translation.train_data
+
+  def slowed(self, process_index, process_count, start_step, position=None):
+    stream = original(self, process_index, process_count, start_step, position)
+
+    def slow():
+      for batch in stream:
+        time.sleep(0.02)
+        yield batch, stream.position
+    return batches.Stream(slow())
+
+  monkeypatch.setattr(Translation, 'train_data', slowed)
+  config = load_config('transformer_adam', task__generated_train_pairs=2000, task__generated_eval_pairs=64,
+                       task__vocab_size=300, task__tfds_dir='synthetic_wmt_small', global_batch_size=16,
+                       eval_batch_size=32, num_steps=100, eval_every=100, checkpoint_every=100,
+                       task__bleu_sentences=0, schedule__warmup_steps=10)
+  summary = trainer.run(config, str(tmp_path / 'run'), 'transformer_adam', devices=jax.devices()[:1])
+  assert summary['train_seconds'] > 100 * 0.02  # the steps are slower than the reader
+  assert summary['input_wait_seconds'] < 0.02 * summary['train_seconds'], summary
