@@ -145,8 +145,7 @@ def _train_windows(data_dir: str, files: list[str], shard: tuple[int, int] | Non
 
   paths = [os.path.join(data_dir, name) for name in files]
   for position, window in windows.windows(paths, read, WINDOW, seed, start, _parser(prepared)):
-    order = windows.window_order(len(window['input_ids']), seed, position)
-    yield position, {name: rows[order] for name, rows in window.items()}
+    yield position, windows.shuffled(window, seed, position)
 
 
 def train_batches(data_dir: str, global_batch_size: int, seed: int, start_step: int,

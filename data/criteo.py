@@ -198,8 +198,7 @@ def _train_windows(paths: list[str], shard: tuple[int, int] | None, table_sizes:
       end_epoch()
       epoch, whole, rows, malformed = position.epoch, True, stats.rows, stats.malformed
     stats._add(len(window['label']), window.pop('malformed'))
-    order = windows.window_order(len(window['label']), seed, position)
-    yield position, {key: array[order] for key, array in window.items()}
+    yield position, windows.shuffled(window, seed, position)
 
 
 def train_batches(dataset_dir: str, table_sizes: Sequence[int], global_batch_size: int, seed: int,

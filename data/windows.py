@@ -2,7 +2,7 @@
 
 An epoch reads a stream's files in an order drawn from (seed, epoch) and cuts their records,
 in that order, into windows of `window_size` consecutive records; a reader shuffles each
-window's rows from (seed, epoch, window) (`window_order`). A window is read whole or not at
+window's rows from (seed, epoch, window) (`shuffled`). A window is read whole or not at
 all, and where it starts (file, record) is known once it is read, so a `Position` -- the
 window, where it starts, and how many of its rows were handed out -- continues the exact
 stream: open that file, skip to that record, read one window. Resuming costs at most one
@@ -63,9 +63,11 @@ def locate(counts: Sequence[int], record: int) -> tuple[int, int]:
   return file, record - int(ends[file - 1] if file else 0)
 
 
-def window_order(num_rows: int, seed: int, position: Position) -> np.ndarray:
-  """The shuffle of a window's rows: a pure function of (seed, epoch, window)."""
-  return np.random.default_rng([seed, position.epoch, position.window]).permutation(num_rows)
+def shuffled(window: Batch, seed: int, position: Position) -> Batch:
+  """A window's rows in the order drawn from (seed, epoch, window), the same for every array."""
+  order = np.random.default_rng([seed, position.epoch, position.window]).permutation(
+      len(next(iter(window.values()))))
+  return {name: rows[order] for name, rows in window.items()}
 
 
 def epoch_windows(paths: Sequence[str], ranges: Sequence[tuple[int, int]],
@@ -95,7 +97,7 @@ def windows(paths: Sequence[str], read_file: Callable[[tf.Tensor], tf.data.Datas
   `read_file(path)` is a file's records (a tf.data.Dataset of strings), of which the stream
   takes `ranges[i]` = (skip, take) of paths[i] (take -1: to the end; default: all of each);
   `parse` maps a window's records to a dict of arrays, in tf.data, windows in parallel and
-  in order. Rows come unshuffled: the reader shuffles them with `window_order`.
+  in order. Rows come unshuffled: the reader shuffles them with `shuffled`.
   """
   ranges = list(ranges or [(0, -1)] * len(paths))
   options = tf.data.Options()

@@ -36,7 +36,6 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SHUFFLE_BUFFER = 2 ** 17  # pairs the tokenizer's training sample is drawn from
 READ_CHUNK = 2048  # pairs read and decoded together
 WINDOW = 2 ** 15  # training pairs shuffled and packed together, on top of shuffling the order of the files
-TRAIN_KEYS = tuple(f'{side}{suffix}' for side in ('inputs', 'targets') for suffix in ('', '_segmentation', '_position'))
 
 Batch = dict[str, np.ndarray]
 
@@ -203,16 +202,14 @@ def _train_windows(data_dir: str, tokenizer: spm.SentencePieceProcessor, max_len
       if whole and not kept:
         raise ConfigError(f'max_length={max_length}: no pair of the training shard fits (tokens per side)')
       epoch, whole, kept = position.epoch, True, 0
-    order = windows.window_order(len(window['en']), seed, position)
-    inputs = encode(tokenizer, [window['en'][i].decode() for i in order])
-    targets = encode(tokenizer, [window['fr'][i].decode() for i in order])
+    window = windows.shuffled(window, seed, position)
+    inputs = encode(tokenizer, [sentence.decode() for sentence in window['en']])
+    targets = encode(tokenizer, [sentence.decode() for sentence in window['fr']])
     fits = [i for i, (source, target) in enumerate(zip(inputs, targets))
             if len(source) <= max_length and len(target) <= max_length]
     kept += len(fits)
-    if fits:
+    if fits:  # a window without rows is passed over: no position ever points into it
       yield position, pack([inputs[i] for i in fits], [targets[i] for i in fits], max_length)
-    else:
-      yield position, {key: np.zeros((0, max_length), np.int32) for key in TRAIN_KEYS}
 
 
 def train_batches(data_dir: str, tokenizer: spm.SentencePieceProcessor, global_batch_size: int,

@@ -98,7 +98,7 @@ def test_streams_resume_from_a_position_or_by_replaying_to_the_step(tmp_path):
 
   def read(start):
     for position, window in windows.windows(paths, tf.data.TFRecordDataset, 5, 1, start, numbers_of):
-      yield position, {'number': window['number'][windows.window_order(len(window['number']), 1, position)]}
+      yield position, windows.shuffled(window, 1, position)
 
   stream = windows.stream(read, 3, 0)
   fresh, positions = [], []
