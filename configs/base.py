@@ -62,6 +62,16 @@ def get_config(size: str) -> ml_collections.ConfigDict:
   config.parameterization = 'standard'
   config.base_width = 0  # the width the hyperparameters were tuned at; required by mup
 
+  # Embedding tables (a task's `gather_rows`: DLRM's): `dense` leaves them to config.optimizer;
+  # `sgd` / `adagrad` update only the rows a step looks up, at this peak rate on config.schedule's
+  # shape, and config.optimizer gets the other parameters (optimizers/embeddings.py).
+  config.embedding_updates = ml_collections.ConfigDict(dict(
+      rule='dense',
+      learning_rate=0.0,
+      initial_accumulator_value=0.1,  # adagrad; optax.adagrad's default
+      eps=1e-7,                       # adagrad; optax.adagrad's default
+  ))
+
   # Device mesh: axis name -> size, in order; -1 takes all remaining devices.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   # What `main.py --dry_run` compiles for (trainer/hardware.py lists the choices, docs/scale.md

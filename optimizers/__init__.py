@@ -25,6 +25,7 @@ import ml_collections
 import optax
 
 from errors import ConfigError, check_range
+from optimizers import embeddings  # noqa: F401  (re-exported: sparse row updates of embedding tables)
 from optimizers import first_order
 from optimizers import kfac
 from optimizers import muon

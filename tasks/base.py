@@ -69,6 +69,14 @@ class Task(abc.ABC):
     raise ConfigError(f'task {self.config.task.name!r} declares no width, so parameterization=mup '
                       f'cannot scale it')
 
+  def gather_rows(self, params, batch: Batch):
+    """For sparse embedding updates (optimizers/embeddings.py): (params with each embedding table
+    replaced by the rows the batch looks up, one per lookup; the batch with its ids pointing into
+    those rows; a tree like params holding each table's looked-up ids, None elsewhere). The loss of
+    the first two equals the loss of params and batch, and its gradient at a table is a row per lookup."""
+    raise ConfigError(f'task {self.config.task.name!r} has no embedding tables to update sparsely: '
+                      f"set embedding_updates.rule='dense'")
+
   @abc.abstractmethod
   def loss(self, params, model_state, batch: Batch, rng: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics]]:
     """(scalar mean loss, (new model_state, per-batch train metrics))."""

@@ -56,6 +56,8 @@ class Dlrm(nn.Module):
 
   @nn.compact
   def __call__(self, dense, sparse):
+    """`sparse` None: each table parameter already holds its looked-up rows, one per example
+    (ClickThrough.gather_rows)."""
     c = self.config
     x = dense
     # Under muP the first layers (input weights, fan-in fixed) keep the base width's init: Glorot's
@@ -65,6 +67,9 @@ class Dlrm(nn.Module):
       x = nn.relu(_dense(width, f'bottom_{i}', input_scale if i == 0 else 1.0)(x))
     vectors = [x]
     for i, size in enumerate(c.table_sizes):
+      if sparse is None:
+        vectors.append(self.get_variable('params', f'table_{i}'))
+        continue
       rows = -(-size // c.row_multiple) * c.row_multiple  # padding rows are never looked up
       scale = 1.0 / np.sqrt(size)  # the reference's uniform(-1/sqrt(n), 1/sqrt(n))
       table = self.param(f'table_{i}', nn.with_logical_partitioning(
@@ -169,6 +174,14 @@ class ClickThrough(Task):
     dense = jnp.zeros((1, criteo.NUM_DENSE), jnp.float32)
     sparse = jnp.zeros((1, criteo.NUM_SPARSE), jnp.int32)
     return self.model.init(rng, dense, sparse)['params'], {}
+
+  def gather_rows(self, params, batch):
+    ids = batch['sparse']
+    rows, lookups = dict(params), jax.tree.map(lambda _: None, params)
+    for i in range(ids.shape[1]):
+      rows[f'table_{i}'] = jnp.take(params[f'table_{i}'], ids[:, i], axis=0)
+      lookups[f'table_{i}'] = ids[:, i]
+    return rows, {**batch, 'sparse': None}, lookups
 
   def loss(self, params, model_state, batch, rng):
     logits = self.model.apply({'params': params}, batch['dense'], batch['sparse'])

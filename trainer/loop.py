@@ -164,7 +164,20 @@ def width_multipliers(config, task, params) -> optimizers.parameterization.Multi
   return multipliers
 
 
-def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics):
+def _sparse_tables(config, task, abstract_params):
+  """A tree like the parameters, True at the task's embedding tables: their looked-up rows get
+  config.embedding_updates' row rule (optimizers/embeddings.py), the optimizer the rest."""
+  if optimizers.needs_loss(config.optimizer.name):
+    raise ConfigError(f'embedding_updates.rule={config.embedding_updates.rule!r}: {config.optimizer.name} '
+                      f'estimates curvature from the loss of every parameter; use rule dense')
+  if config.grad_accum_steps > 1:
+    raise ConfigError(f'embedding_updates.rule={config.embedding_updates.rule!r} takes one batch a step: '
+                      f'set grad_accum_steps=1 (it is {config.grad_accum_steps})')
+  _, _, lookups = jax.eval_shape(task.gather_rows, abstract_params, task.abstract_batch('train'))
+  return jax.tree.map(lambda _, ids: ids is not None, abstract_params, lookups, is_leaf=lambda x: x is None)
+
+
+def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics, sparse_tables: bool):
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
   def loss_and_grads(params, model_state, batch, rng):
@@ -193,10 +206,16 @@ def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics):
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     compute = loss_and_grads if accum_steps == 1 else accumulated
-    grads, model_state, metrics = compute(state.params, state.model_state, batch, rng)
+    if sparse_tables:  # differentiated at the looked-up rows: a table's gradient is a row per lookup
+      params, rows_batch, lookups = task.gather_rows(state.params, batch)
+      grads, model_state, metrics = compute(params, state.model_state, rows_batch, rng)
+      extra = {'lookups': lookups}
+    else:
+      grads, model_state, metrics = compute(state.params, state.model_state, batch, rng)
+      extra = {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   loss_args=(state.params, state.model_state, rng, batch))
-    params = optax.apply_updates(state.params, updates)
+                                   loss_args=(state.params, state.model_state, rng, batch), **extra)
+    params = optimizers.embeddings.apply_updates(state.params, updates)
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
     metrics.update(state_metrics(opt_state))
@@ -348,6 +367,12 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
   multipliers = width_multipliers(config, task, nn.unbox(abstract_boxed)[0])
   tx = optimizers.build(config.optimizer, schedule, loss_context(config, task, abstract_boxed), multipliers,
                         stack_sharding=partitioning.stack_sharding(mesh))
+  optimizers.embeddings.check(config.embedding_updates)
+  tables = (_sparse_tables(config, task, nn.unbox(abstract_boxed)[0])
+            if optimizers.embeddings.is_sparse(config.embedding_updates) else None)
+  if tables is not None:
+    tx = optimizers.embeddings.sparse_rows(tx, tables, config.embedding_updates, optimizers.schedules.build(
+        config.schedule, config.embedding_updates.learning_rate, config.num_steps))
   if with_data:  # after the optimizer's checks: a bad setting is refused before any data is generated
     _check_data_dir(os.path.expanduser(config.data_dir))
     task.prepare_data()  # the data exists (generated where the config says so) and agrees with the config
@@ -370,6 +395,8 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
                        rng=replicated),
       params=param_shardings, model_state=model_state_shardings,
       batch=partitioning.batch_sharding(mesh), replicated=replicated)
+  optimized = (abstract_state.params if tables is None  # what config.optimizer updates
+               else jax.tree.map(lambda p, table: None if table else p, abstract_state.params, tables))
   state_metrics = optimizers.state_metrics(config.optimizer.name, config.log_optimizer_metrics)
   devices = list(devices)
   return Setup(
@@ -377,10 +404,11 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
       init_state=init_state, train_rng=train_rng,
       intervals=Intervals(config.num_steps, config.log_every, config.eval_every, config.checkpoint_every,
                           config.diagnostics.every, config.stop_at_target),
-      train_step=_make_train_step(task, tx, schedule, config.grad_accum_steps, mesh, state_metrics),
+      train_step=_make_train_step(task, tx, schedule, config.grad_accum_steps, mesh, state_metrics,
+                                  sparse_tables=tables is not None),
       diagnose=(diagnostics.build(task, config.diagnostics, config.optimizer)
                 if config.diagnostics.every else None),
-      async_roots=optimizers.async_roots(config.optimizer, abstract_state.params, shardings.state.opt_state,
+      async_roots=optimizers.async_roots(config.optimizer, optimized, shardings.state.opt_state,
                                          partitioning.stack_sharding(mesh)),
       keep_checkpoints=config.keep_checkpoints,
       summary={
