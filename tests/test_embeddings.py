@@ -89,13 +89,16 @@ def test_tables_leave_the_run_optimizer_and_the_plan_shows_it(tmp_path):
                                     embedding_updates__learning_rate=0.05), str(tmp_path / 'run'), 'dlrm_shampoo',
                         devices=jax.devices()[:1])
   assert summary['status'] == 'completed' and np.isfinite(summary['final_train']['loss'])
-  setup = trainer.loop.set_up(load_config('dlrm_shampoo', **overrides, embedding_updates__rule='adagrad'),
-                              jax.devices()[:1], 'dlrm_shampoo', with_data=False)
+  setup = trainer.loop.set_up(load_config('dlrm_shampoo', **overrides, embedding_updates__rule='adagrad',
+                                          mesh__data=2, mesh__model=4), jax.devices(), 'dlrm_shampoo', with_data=False)
   state = setup.abstract_state.opt_state
   assert isinstance(state, embeddings.SparseRowsState)
   assert state.accumulators['table_0'].shape == setup.abstract_state.params['table_0'].shape
-  dense = trainer.loop.set_up(load_config('dlrm_shampoo', **overrides), jax.devices()[:1], 'dlrm_shampoo',
-                              with_data=False)
+  # The accumulators are split over the mesh as their tables.
+  assert setup.shardings.state.opt_state.accumulators['table_0'] == setup.shardings.params['table_0']
+  assert not setup.shardings.params['table_0'].is_fully_replicated
+  dense = trainer.loop.set_up(load_config('dlrm_shampoo', **overrides, mesh__data=2, mesh__model=4), jax.devices(),
+                              'dlrm_shampoo', with_data=False)
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   assert size(state.inner) < size(dense.abstract_state.opt_state)
 
