@@ -7,7 +7,7 @@ The task is configs/lp_regression_<optimizer>.py:tiny made an MLP: depth 3, widt
 constant learning rate, evaluated every 5 steps up to 400 steps. The target is eval loss 0.015:
 the MLP's eval loss levels off between 0.006 and 0.012, noisily, so the tiny config's 0.006 is a
 matter of luck (Adam at 0.01 met it at one seed of three). Each optimizer keeps its config's other fields and gets the
-learning rate of a small sweep (LEARNING_RATES, seed 0: fewest steps to target, then the lower
+learning rate of a small sweep (VARIANTS, seed 0: fewest steps to target, then the lower
 ms / step); the seeds after the first then run at that rate. Runs go through
 `trainer.run`, as `main.py` trains, on one device, in workdirs under --workdir (removed
 first). Per run: steps to target (the first eval below the target) and the median step
@@ -38,7 +38,14 @@ from configs import lp_regression_adam, lp_regression_shampoo, lp_regression_soa
 from errors import ArgumentParser  # noqa: E402
 
 CONFIGS = {'adam': lp_regression_adam, 'shampoo': lp_regression_shampoo, 'soap': lp_regression_soap}
-LEARNING_RATES = {'adam': (0.003, 0.01, 0.03), 'shampoo': (0.003, 0.01, 0.03), 'soap': (0.003, 0.01, 0.03)}
+# Rows of the table: (config, its optimizer fields changed, learning rates swept).
+FINE = (0.003, 0.007, 0.01, 0.014, 0.02, 0.03)
+VARIANTS = {
+    'adam': ('adam', {}, FINE),
+    'shampoo': ('shampoo', {}, (0.003, 0.01, 0.03)),
+    'soap': ('soap', {}, FINE),
+    'soap, bases every update': ('soap', {'precondition_frequency': 1}, FINE),
+}
 MLP = dict(depth=3, width=64, activation='tanh')
 NUM_STEPS, EVAL_EVERY, LOG_EVERY = 400, 5, 5
 TARGET = ('loss', 0.015, 'below')
@@ -60,7 +67,8 @@ def config_for(name: str, learning_rate: float, seed: int, **optimizer):
 
 def train(name: str, learning_rate: float, seed: int, workdir: str, **optimizer) -> tuple[float, float]:
   """(steps to target, inf if missed; median ms / step) of one run."""
-  path = os.path.join(workdir, f'{name}-lr{learning_rate:g}-seed{seed}')
+  fields = ''.join(f'-{k}{v}' for k, v in sorted(optimizer.items()))
+  path = os.path.join(workdir, f'{name}{fields}-lr{learning_rate:g}-seed{seed}')
   shutil.rmtree(path, ignore_errors=True)
   with contextlib.redirect_stdout(sys.stderr):  # the trainer's progress lines; the table alone on stdout
     summary = trainer.run(config_for(name, learning_rate, seed, **optimizer), path, f'lp_regression_{name}',
@@ -80,10 +88,10 @@ def main():
   args = parser.parse_args()
   host_memory.keep_freed_memory()  # as main.py does
   results = {}
-  for name in CONFIGS:
-    sweep = {lr: train(name, lr, 0, args.workdir) for lr in LEARNING_RATES[name]}
+  for name, (config, optimizer, rates) in VARIANTS.items():
+    sweep = {lr: train(config, lr, 0, args.workdir, **optimizer) for lr in rates}
     best = min(sweep, key=lambda lr: sweep[lr])
-    runs = [sweep[best]] + [train(name, best, seed, args.workdir) for seed in range(1, args.seeds)]
+    runs = [sweep[best]] + [train(config, best, seed, args.workdir, **optimizer) for seed in range(1, args.seeds)]
     results[name] = dict(lr=best, sweep={lr: steps for lr, (steps, _) in sweep.items()},
                          steps=[steps for steps, _ in runs], ms=float(np.median([ms for _, ms in runs])))
     print(f'{name}: {results[name]}', file=sys.stderr, flush=True)
