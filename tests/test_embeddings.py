@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import trainer
 from conftest import load_config
 from errors import ConfigError
-from optimizers import embeddings
+from optimizers import embeddings, shampoo
 
 SMALL = dict(task__generated_train=24_000, task__generated_eval=3000, task__dataset='synthetic_criteo_small',
              task__embedding_dim=8, task__bottom_mlp=(16,), task__top_mlp=(16,), eval_batch_size=1024,
@@ -97,10 +98,14 @@ def test_tables_leave_the_run_optimizer_and_the_plan_shows_it(tmp_path):
   # The accumulators are split over the mesh as their tables.
   assert setup.shardings.state.opt_state.accumulators['table_0'] == setup.shardings.params['table_0']
   assert not setup.shardings.params['table_0'].is_fully_replicated
-  dense = trainer.loop.set_up(load_config('dlrm_shampoo', **overrides, mesh__data=2, mesh__model=4), jax.devices(),
-                              'dlrm_shampoo', with_data=False)
-  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-  assert size(state.inner) < size(dense.abstract_state.opt_state)
+  # The plan compiles the sparse step for the mesh, and Shampoo's stacks are the MLPs' alone.
+  config = load_config('dlrm_shampoo', **overrides, embedding_updates__rule='adagrad', data_dir=str(tmp_path / 'x'))
+  plan = trainer.plan.make_plan(config, 'dlrm_shampoo')
+  mlps = [p.shape for path, p in flax.traverse_util.flatten_dict(setup.abstract_state.params, sep='/').items()
+          if not path.startswith('table_')]
+  hp = {k: config.optimizer[k] for k in shampoo.FIELDS}
+  assert plan['fits'] and plan['shampoo']['stacks'] == {
+      group: size.padded for group, size in shampoo.blocking.plan(mlps, hp, 8).groups.items()}
 
 
 @pytest.mark.parametrize('overrides, message', [

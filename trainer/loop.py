@@ -327,6 +327,7 @@ class Setup:
   mesh: jax.sharding.Mesh
   shardings: Shardings
   abstract_state: TrainState
+  optimized_params: Any       # abstract_state.params as config.optimizer sees them: None at sparse tables
   init_state: Callable[[jax.Array], TrainState]
   train_rng: jax.Array
   train_step: Callable        # (state, batch) -> (state, metrics), not yet compiled
@@ -401,6 +402,7 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
   devices = list(devices)
   return Setup(
       task=task, target=target, mesh=mesh, shardings=shardings, abstract_state=abstract_state,
+      optimized_params=optimized,
       init_state=init_state, train_rng=train_rng,
       intervals=Intervals(config.num_steps, config.log_every, config.eval_every, config.checkpoint_every,
                           config.diagnostics.every, config.stop_at_target),

@@ -100,13 +100,14 @@ def _root_flops(size: int, exponent: int, hp) -> float:
   return hp.newton_iterations * (power + 2) * 2.0 * size ** 3 + 100.0 * size ** 2
 
 
-def _shampoo(state, config, mesh_size: int) -> dict | None:
-  """Shampoo's blocks, padded stacks, statistics bytes and root cost, from its abstract state."""
+def _shampoo(state, optimized_params, config, mesh_size: int) -> dict | None:
+  """Shampoo's blocks, padded stacks, statistics bytes and root cost, from its abstract state and the
+  parameters it updates (sparse tables are not among them)."""
   if config.optimizer.name != 'shampoo':
     return None
   hp = {k: config.optimizer[k] for k in optimizers.shampoo.FIELDS}
   blocking = optimizers.shampoo.blocking
-  layout = blocking.plan([p.shape for p in jax.tree.leaves(state.params)], hp, mesh_size)
+  layout = blocking.plan([p.shape for p in jax.tree.leaves(optimized_params)], hp, mesh_size)
   root_flops = sum(size.padded * _root_flops(blocking.bucket_size(key), blocking.bucket_exponent(key), config.optimizer)
                    for key, size in layout.sizes.items())
   shampoo_states = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optimizers.shampoo.ShampooState))
@@ -152,7 +153,7 @@ def make_plan(config, name: str) -> dict:
       'flops_per_step': train.get('flops', 0.0) * len(devices),
       'flops_per_device': train.get('flops'),
       'estimated': hw.platform == 'gpu',
-      'shampoo': _shampoo(state, config, setup.mesh.size),
+      'shampoo': _shampoo(state, setup.optimized_params, config, setup.mesh.size),
       'remat': config.task.get('remat'),
       'errors': [step['error'] for step in (train, evaluate) if not step['compiled']],
       'verdict': _verdict(hw, needed, memory, fits, train, evaluate),
