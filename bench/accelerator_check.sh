@@ -6,7 +6,7 @@
 # On the first device JAX finds, one section after another, each under its own time limit:
 #   1. the tests whose numbers depend on the platform's matrix products (Shampoo's roots, updates
 #      against float64 references, its full-precision products; SOAP), run on that device;
-#   2. bench/shampoo_overhead.py: Shampoo (roots every 1, 10, 100 steps, and every 10 async) and K-FAC against Adam;
+#   2. bench/shampoo_overhead.py: Shampoo (roots every 1, 10, 100 steps, and every 10 async on the device and on the host CPU) and K-FAC against Adam;
 #   3. the tiny Transformer with Adam and with Shampoo, stopped at its target.
 # It writes results/accelerator/<platform>-<device kind>.md with the date, the device and each
 # section's output; a section whose packages are missing (the tiny runs need the full install:

@@ -123,11 +123,12 @@ def make_step(tx):
   return step
 
 
-def build_async(**overrides) -> tuple[optax.GradientTransformation, shampoo.AsyncRoots]:
-  """Shampoo with root_refresh='async' and the host's side of it, as the trainer builds them."""
-  cfg = base.optimizer('shampoo', learning_rate=LEARNING_RATE, root_refresh='async', **overrides)
+def build_async(refresh: str, **overrides) -> tuple[optax.GradientTransformation, shampoo.AsyncRoots]:
+  """Shampoo with root_refresh=`refresh` ('async' or 'async_host') and the host's side of it, as the
+  trainer builds them."""
+  cfg = base.optimizer('shampoo', learning_rate=LEARNING_RATE, root_refresh=refresh, **overrides)
   params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-  return build('shampoo', root_refresh='async', **overrides), optimizers.async_roots(cfg, params, None, None)
+  return build('shampoo', root_refresh=refresh, **overrides), optimizers.async_roots(cfg, params, None, None)
 
 
 def build(name: str, batch: int = 256, **overrides) -> optax.GradientTransformation:
@@ -284,10 +285,13 @@ def main():
       'shampoo', preconditioning_compute_steps=KS[1], start_preconditioning_step=1, root_method='eigh')))
   runs.append(('shampoo, no refresh', 0, build(
       'shampoo', preconditioning_compute_steps=10**9, start_preconditioning_step=1)))
-  # Roots refreshed beside the steps (root_refresh='async', staleness K), installed K updates later.
-  tx, roots = build_async(preconditioning_compute_steps=KS[1], start_preconditioning_step=1)
-  runs.append((f'shampoo K={KS[1]} async', KS[1], tx))
-  async_roots = {runs[-1][0]: roots}
+  # Roots refreshed beside the steps (root_refresh='async', staleness K), installed K updates later;
+  # then the same with the roots computed on the host's CPU (on a CPU-only machine, the same device).
+  async_roots = {}
+  for refresh, where in (('async', 'async'), ('async_host', 'async on the host CPU')):
+    tx, roots = build_async(refresh, preconditioning_compute_steps=KS[1], start_preconditioning_step=1)
+    runs.append((f'shampoo K={KS[1]} {where}', KS[1], tx))
+    async_roots[runs[-1][0]] = roots
   # K-FAC with kfac-jax's defaults: factors every step, inverses every 5 (a window of
   # --steps holds steps / 5 inverse refreshes).
   runs.append(('kfac (inverses every 5)', None, build('kfac', args.batch)))

@@ -65,7 +65,7 @@ BY_NAME = {
         newton_iterations=100,
         newton_tolerance=1e-6,
         statistics_dtype='float32',         # float32 | bfloat16 (statistics and roots)
-        root_refresh='inline',              # inline (in the step) | async (beside the next steps: docs/shampoo.md)
+        root_refresh='inline',              # inline (in the step) | async (beside the next steps) | async_host (on the host CPU): docs/shampoo.md
         root_staleness=0,                   # async: updates between a refresh and its roots' first use; 0 = k
     ),
     'kfac': dict(

@@ -140,7 +140,7 @@ def async_roots(cfg: ml_collections.ConfigDict, params, opt_state_shardings,
                 stack_sharding: jax.sharding.Sharding | None) -> shampoo.AsyncRoots | None:
   """The host's side of Shampoo's asynchronous root refresh (the loop calls it around each
   update), or None: another optimizer, or roots refreshed inside the step."""
-  if cfg.name != 'shampoo' or cfg.root_refresh != 'async':
+  if cfg.name != 'shampoo' or cfg.root_refresh not in shampoo.ASYNC_REFRESHES:
     return None
   return shampoo.AsyncRoots(params, opt_state_shardings, stack_sharding.num_devices if stack_sharding else 1,
                             {k: cfg[k] for k in shampoo.FIELDS})

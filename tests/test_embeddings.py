@@ -83,9 +83,9 @@ def test_a_row_looked_up_twice_gets_one_adagrad_update_of_its_summed_gradient():
 
 def test_tables_leave_the_run_optimizer_and_the_plan_shows_it(tmp_path):
   """Shampoo with sparse tables: no statistics on the tables, and the step trains, roots refreshed
-  asynchronously too."""
+  asynchronously on the host's CPU too."""
   overrides = dict(SMALL, num_steps=4, eval_every=4, optimizer__start_preconditioning_step=1,
-                   optimizer__preconditioning_compute_steps=2, optimizer__root_refresh='async')
+                   optimizer__preconditioning_compute_steps=2, optimizer__root_refresh='async_host')
   summary = trainer.run(load_config('dlrm_shampoo', **overrides, embedding_updates__rule='adagrad',
                                     embedding_updates__learning_rate=0.05), str(tmp_path / 'run'), 'dlrm_shampoo',
                         devices=jax.devices()[:1])

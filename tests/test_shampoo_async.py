@@ -46,10 +46,10 @@ def roots_used(hp, drive):
   return used, ages
 
 
-@pytest.mark.parametrize('staleness', [1, 3])
-def test_async_roots_are_the_inline_roots_delayed_by_the_staleness(staleness):
+@pytest.mark.parametrize('refresh, staleness', [('async', 1), ('async', 3), ('async_host', 3)])
+def test_async_roots_are_the_inline_roots_delayed_by_the_staleness(refresh, staleness):
   inline, inline_ages = roots_used(hyperparameters(), drive=False)
-  delayed, ages = roots_used(hyperparameters(root_refresh='async', root_staleness=staleness), drive=True)
+  delayed, ages = roots_used(hyperparameters(root_refresh=refresh, root_staleness=staleness), drive=True)
   refreshes = [c for c in range(STEPS) if c >= 3 and c % 3 == 0]  # inline: at `start`, then every 3
   assert inline_ages == [c - max([r for r in refreshes if r <= c], default=c) for c in range(STEPS)]
   for count in range(STEPS):
@@ -69,6 +69,12 @@ def test_a_staleness_above_the_refresh_interval_is_refused():
     shampoo.scale_by_shampoo(**hyperparameters(root_refresh='async', root_staleness=4))
   with pytest.raises(ConfigError, match='root_refresh'):
     shampoo.scale_by_shampoo(**hyperparameters(root_refresh='later'))
+
+
+def test_host_refresh_is_refused_beside_other_processes(monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(ConfigError, match="root_refresh='async_host' runs in one process"):
+    shampoo.AsyncRoots([jnp.zeros(shape) for shape in SHAPES], None, 1, hyperparameters(root_refresh='async_host'))
 
 
 def test_resume_with_roots_in_flight_is_exact_on_8_devices(tmp_path, monkeypatch):

@@ -10,6 +10,11 @@ their first use: the run does not depend on timing, and equals inline refresh wi
 refresh's roots delayed by `staleness`. A checkpoint taken with roots in flight holds them
 (`to_save`), so a resumed run installs them at the same update.
 
+With `root_refresh='async_host'` the copied statistics go to the host's CPU and their roots are
+computed there, as the paper computes them, then put back on the devices with the state's
+shardings: the accelerators never run a root. One process only (the statistics of other
+processes are not on this host): more are refused.
+
 Refreshes come every k updates (`preconditioning_compute_steps`) counted from
 `start_preconditioning_step` (before it too with `separate_graft_momentum`), and `staleness`
 (`root_staleness`; 0 means k) is at most k: one refresh is in flight at a time.
@@ -18,6 +23,8 @@ Refreshes come every k updates (`preconditioning_compute_steps`) counted from
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from errors import ConfigError
 
 from optimizers.shampoo import blocking
 from optimizers.shampoo import preconditioning
@@ -30,7 +37,7 @@ def _with_pending(opt_state, pending: transform.Pending):
 
 
 class AsyncRoots:
-  """The host's side of root_refresh='async' for one run: which updates launch a refresh, and the
+  """The host's side of root_refresh='async' or 'async_host' for one run: which updates launch a refresh, and the
   refresh in flight."""
 
   def __init__(self, params, opt_state_shardings, stack_multiple: int, hp: dict):
@@ -51,7 +58,17 @@ class AsyncRoots:
                                succeeded=succeeded)
 
     self._copy = jax.jit(lambda stats: jax.tree.map(jnp.copy, stats), out_shardings=shardings and shardings.stats)
-    self._compute = jax.jit(compute, out_shardings=shardings and shardings.pending)
+    if hp['root_refresh'] == 'async_host':
+      if jax.process_count() > 1:
+        raise ConfigError(f"root_refresh='async_host' runs in one process ({jax.process_count()} here): the "
+                          f"statistics of the others are not on this host; use 'async'")
+      host = jax.local_devices(backend='cpu')[0]
+      back = (shardings and shardings.pending) or jax.devices()[0]
+      compute_on_host = jax.jit(compute)
+      self._compute = lambda stats, count, due: jax.device_put(
+          compute_on_host(*jax.device_put((stats, count), host), due), back)
+    else:
+      self._compute = jax.jit(compute, out_shardings=shardings and shardings.pending)
     self._in_flight: tuple[int, transform.Pending] | None = None
 
   def launches_after(self, count: int) -> bool:

@@ -36,7 +36,7 @@ Roots (`roots`): coupled Newton iteration, scaled before each step (or eigh), da
 error >= `inverse_failure_threshold`, or not finite, keeps the previous one. Roots are
 refreshed at `start_preconditioning_step` and then every `preconditioning_compute_steps`
 updates, inside the jitted step with `lax.cond` (before the start only with
-`separate_graft_momentum`: unused there otherwise); with `root_refresh='async'` outside it
+`separate_graft_momentum`: unused there otherwise); with `root_refresh='async'` (or `'async_host'`) outside it
 (`refresh`: the update installs the roots it finds `pending` for it).
 Grafting (`grafting`) rescales each block of the Shampoo direction to the norm of the graft's
 direction for that block (each row, along a skipped dimension), or with
@@ -69,7 +69,8 @@ FIELDS = ('block_size', 'beta1', 'beta2', 'diagonal_epsilon', 'matrix_epsilon', 
           'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype',
           'root_refresh', 'root_staleness')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-ROOT_REFRESHES = ('inline', 'async')
+ROOT_REFRESHES = ('inline', 'async', 'async_host')
+ASYNC_REFRESHES = ('async', 'async_host')  # roots computed outside the step: on the devices, or the host CPU
 
 
 def _validate(hp: dict) -> None:
@@ -151,7 +152,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
   separate = beta1 > 0 and hp['separate_graft_momentum']
   layerwise = hp['graft_granularity'] == 'layer' and hp['graft_type'] != 'none'
   initial = hp['matrix_epsilon'] if hp['statistics_start_at_epsilon'] else 0.0
-  asynchronous = hp['root_refresh'] == 'async'
+  asynchronous = hp['root_refresh'] in ASYNC_REFRESHES
   constrain = ((lambda x: x) if stack_sharding is None
                else lambda x: jax.lax.with_sharding_constraint(x, stack_sharding))
 
