@@ -407,7 +407,7 @@ def set_up(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], nam
       intervals=Intervals(config.num_steps, config.log_every, config.eval_every, config.checkpoint_every,
                           config.diagnostics.every, config.stop_at_target),
       train_step=_make_train_step(task, tx, schedule, config.grad_accum_steps, mesh, state_metrics,
-                                  sparse_tables=tables is not None),
+                                  tables is not None),
       diagnose=(diagnostics.build(task, config.diagnostics, config.optimizer)
                 if config.diagnostics.every else None),
       async_roots=optimizers.async_roots(config.optimizer, optimized, shardings.state.opt_state,
