@@ -3,7 +3,9 @@
 Every projection is a 2-D dense layer, so kfac-jax gives each a Kronecker block; the
 embeddings (token, position, segment) are gathers and get diagonal blocks. Curvature
 from the categorical models of the masked-LM and next-sentence logits. Values as for
-the tiny Transformer (norm constraint as KL clipping), untuned here.
+the tiny Transformer (norm constraint as KL clipping), except the tiny learning rate: 0.316
+reaches masked-LM accuracy 0.5 at step 2400 of 4000, where 1.0 (the Transformer's) stalled near
+0.2 (0.18 after 1000 steps in the reproduction report's sweep, 0.20 after 4000). `paper`: untuned.
 """
 
 from configs import _bert
@@ -12,7 +14,9 @@ from configs import base
 
 def get_config(size: str = 'paper'):
   config = _bert.get_config(size)
+  tiny = size == 'tiny'
   config.optimizer = base.optimizer(
-      'kfac', learning_rate=1.0, damping=1e-3, curvature_ema=0.95, curvature_update_period=1,
+      'kfac', learning_rate=0.316 if tiny else 1.0,  # our choice: untuned at paper scale
+      damping=1e-3, curvature_ema=0.95, curvature_update_period=1,
       inverse_update_period=10, momentum=0.9, norm_constraint=0.01)
   return config
