@@ -77,6 +77,7 @@ def sparse_rows(inner: optax.GradientTransformationExtraArgs, tables, cfg: ml_co
   if not is_sparse(cfg):
     raise ConfigError('sparse_rows needs embedding_updates.rule sgd or adagrad')
   masked = optax.masked(inner, jax.tree.map(lambda table: not table, tables))
+  adagrad = optax.scale_by_rss(cfg.initial_accumulator_value, cfg.eps)  # the rows' rule: optax's own
 
   def init_fn(params):
     accumulators = jax.tree.map(
@@ -95,9 +96,9 @@ def sparse_rows(inner: optax.GradientTransformationExtraArgs, tables, cfg: ml_co
                                       param.shape[0])
       if cfg.rule == 'sgd':
         return RowUpdate(unique, (-rate * grads).astype(param.dtype)), accumulator
-      squares = accumulator.at[unique].get(mode='fill', fill_value=0.0) + grads * grads
-      scaled = jnp.where(squares > 0, jax.lax.rsqrt(squares + cfg.eps), 0.0) * grads
-      return RowUpdate(unique, (-rate * scaled).astype(param.dtype)), accumulator.at[unique].set(squares, mode='drop')
+      scaled, rows = adagrad.update(grads, optax.ScaleByRssState(accumulator.at[unique].get(mode='fill', fill_value=0.0)))
+      return (RowUpdate(unique, (-rate * scaled).astype(param.dtype)),
+              accumulator.at[unique].set(rows.sum_of_squares, mode='drop'))
 
     treedef = jax.tree.structure(params)
     pairs = [row_update(*leaves) for leaves in zip(

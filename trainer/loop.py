@@ -206,13 +206,10 @@ def _make_train_step(task, tx, schedule, accum_steps: int, mesh, state_metrics, 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     compute = loss_and_grads if accum_steps == 1 else accumulated
+    params, loss_batch, extra = state.params, batch, {}
     if sparse_tables:  # differentiated at the looked-up rows: a table's gradient is a row per lookup
-      params, rows_batch, lookups = task.gather_rows(state.params, batch)
-      grads, model_state, metrics = compute(params, state.model_state, rows_batch, rng)
-      extra = {'lookups': lookups}
-    else:
-      grads, model_state, metrics = compute(state.params, state.model_state, batch, rng)
-      extra = {}
+      params, loss_batch, extra['lookups'] = task.gather_rows(state.params, batch)
+    grads, model_state, metrics = compute(params, state.model_state, loss_batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    loss_args=(state.params, state.model_state, rng, batch), **extra)
     params = optimizers.embeddings.apply_updates(state.params, updates)
