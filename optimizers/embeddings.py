@@ -96,7 +96,8 @@ def sparse_rows(inner: optax.GradientTransformationExtraArgs, tables, cfg: ml_co
                                       param.shape[0])
       if cfg.rule == 'sgd':
         return RowUpdate(unique, (-rate * grads).astype(param.dtype)), accumulator
-      scaled, rows = adagrad.update(grads, optax.ScaleByRssState(accumulator.at[unique].get(mode='fill', fill_value=0.0)))
+      seen = optax.ScaleByRssState(accumulator.at[unique].get(mode='fill', fill_value=0.0))
+      scaled, rows = adagrad.update(grads, seen)
       return (RowUpdate(unique, (-rate * scaled).astype(param.dtype)),
               accumulator.at[unique].set(rows.sum_of_squares, mode='drop'))
 
