@@ -13,9 +13,11 @@ four markdown tables:
    `optimizers.build(base.optimizer('adam', learning_rate=1e-3), schedule)` and
    `base.optimizer('shampoo', learning_rate=1e-3, preconditioning_compute_steps=K,
    start_preconditioning_step=1)` for K in 1, 10, 100 (other fields default: block
-   128, graft rmsprop_normalized, Newton roots); K=10 with eigh roots; no refresh at
-   all; K=10 with root_refresh='async' (roots computed beside the steps, installed
-   10 updates later, driven by `shampoo.AsyncRoots` as the trainer drives it). Each optimizer is compiled, warmed
+   128, graft rmsprop_normalized, Newton roots); K=10 with eigh roots; K=10 and 100 with
+   warm_eigh roots (eigenbases kept between refreshes); no refresh at all; K=10 with
+   root_refresh='async' (roots computed beside the steps, installed 10 updates later, driven
+   by `shampoo.AsyncRoots` as the trainer drives it), with Newton roots on the devices and on
+   the host's CPU, and with warm_eigh roots. Each optimizer is compiled, warmed
    up for max(K) + 1 steps (so the refresh at `start_preconditioning_step` is behind
    us), then timed over 3 windows of `--steps` steps (block_until_ready at the end
    of each window), the windows of all optimizers interleaved so that load from
@@ -48,11 +50,12 @@ four markdown tables:
    column is the one the function returns (max |M - I| for Newton, 0 / inf for
    eigh); the rel. error column is max over the stack of ||X - X64|| / ||X64||
    (Frobenius) against a float64 NumPy eigh of the same damped matrix. Then a
-   full root refresh of the MLP: every stack of the optimizer state's `stats`
+   full root refresh of the MLP by each method: every stack of the optimizer state's `stats`
    (exponent from its key, `blocking.bucket_exponent`). The statistics are zero right after
    init (a zero matrix has no root and Newton exits at once), so the refresh is
-   timed on the statistics of the first Shampoo run of section 1, after its
-   warm-up and timed steps.
+   timed on the statistics of section 1's K=10 warm_eigh run after its warm-up and timed
+   steps, up to 10 updates newer than the eigenbases its state kept, from which warm_eigh
+   starts (its error column: the largest off-diagonal ratio in the basis used).
 
 4. Optimizer-state bytes / parameter bytes: sum of nbytes over the leaves of
    tx.init(params), for Adam and Shampoo (K does not change the state).
@@ -88,6 +91,7 @@ WINDOWS = 3
 ROOT_RUNS = 5
 BATCHES = 16  # random batches cycled through, so that the loss does not collapse to exactly 0
 ROOT_STACKS = ((16, 128), (4, 512))  # (count, size)
+WARM_EIGH_TOLERANCE = optimizer_defaults.BY_NAME['shampoo']['warm_eigh_tolerance']
 
 
 # ---------------------------------------------------------------- model
@@ -237,11 +241,16 @@ def max_relative_error(roots, reference: np.ndarray) -> float:
   return float(np.max(diff / np.linalg.norm(reference, axis=(-2, -1))))
 
 
-def time_roots(stacks: dict, method: str) -> tuple[float, dict]:
-  """Median ms of one jitted inverse_pth_root over every stack (key -> ([n, b, b], p)), and outputs."""
-  fns = {key: jax.jit(lambda a, p=p: shampoo.inverse_pth_root(a, p, epsilon=1e-6, relative_epsilon=True,
-                                                              method=method))
-         for key, (_, p) in stacks.items()}
+def time_roots(stacks: dict, method: str, bases: dict | None = None) -> tuple[float, dict]:
+  """Median ms of one jitted root computation over every stack (key -> ([n, b, b], p)), and outputs;
+  warm_eigh starts from `bases` (key -> [n, b, b]), the eigenbases its optimizer state kept."""
+  def root(p: int, basis):
+    if method == 'warm_eigh':
+      return lambda a: shampoo.warm_inverse_pth_root(a, basis, p, epsilon=1e-6, relative_epsilon=True,
+                                                     tolerance=WARM_EIGH_TOLERANCE)[:2]
+    return lambda a: shampoo.inverse_pth_root(a, p, epsilon=1e-6, relative_epsilon=True, method=method)
+
+  fns = {key: jax.jit(root(p, bases and bases[key])) for key, (_, p) in stacks.items()}
   arrays = {key: jnp.asarray(a) for key, (a, _) in stacks.items()}
   outputs = {key: fns[key](arrays[key]) for key in stacks}  # compile
   jax.block_until_ready(outputs)
@@ -283,13 +292,19 @@ def main():
   # timed windows at all: the per-step cost of statistics, preconditioning and grafting.
   runs.append((f'shampoo K={KS[1]} eigh', KS[1], build(
       'shampoo', preconditioning_compute_steps=KS[1], start_preconditioning_step=1, root_method='eigh')))
+  # Eigenbases kept between refreshes, recomputed (eigh) only when the statistics drift from them.
+  for k in KS[1:]:
+    runs.append((f'shampoo K={k} warm_eigh', k, build(
+        'shampoo', preconditioning_compute_steps=k, start_preconditioning_step=1, root_method='warm_eigh')))
   runs.append(('shampoo, no refresh', 0, build(
       'shampoo', preconditioning_compute_steps=10**9, start_preconditioning_step=1)))
   # Roots refreshed beside the steps (root_refresh='async', staleness K), installed K updates later;
   # then the same with the roots computed on the host's CPU (on a CPU-only machine, the same device).
   async_roots = {}
-  for refresh, where in (('async', 'async'), ('async_host', 'async on the host CPU')):
-    tx, roots = build_async(refresh, preconditioning_compute_steps=KS[1], start_preconditioning_step=1)
+  for refresh, where, method in (('async', 'async', 'newton'), ('async_host', 'async on the host CPU', 'newton'),
+                                 ('async', 'async warm_eigh', 'warm_eigh')):
+    tx, roots = build_async(refresh, preconditioning_compute_steps=KS[1], start_preconditioning_step=1,
+                            root_method=method)
     runs.append((f'shampoo K={KS[1]} {where}', KS[1], tx))
     async_roots[runs[-1][0]] = roots
   # K-FAC with kfac-jax's defaults: factors every step, inverses every 5 (a window of
@@ -328,21 +343,21 @@ def main():
     for count, size in ROOT_STACKS:
       a = random_spd(count, size)
       reference = reference_roots(a, 4, 1e-6)
-      for method in shampoo.ROOT_METHODS:
+      for method in ('newton', 'eigh'):  # warm_eigh needs a kept basis: the MLP row below
         ms, out = time_roots({'stack': (a, 4)}, method)
         roots, errors = out['stack']
         print(f'| {count} x {size}x{size}, cond 1e4 | {method} | {ms:.2f} | {float(jnp.max(errors)):.3g} | '
               f'{max_relative_error(roots, reference):.3g} |', flush=True)
-    first = next(name for name, k, _ in runs if k is not None)
-    stats = shampoo.find_state(trainers[first].opt_state).stats
-    stacks = {key: (np.asarray(v), shampoo.blocking.bucket_exponent(key)) for key, v in stats.items()}
+    source = f'shampoo K={KS[1]} warm_eigh'
+    state = shampoo.find_state(trainers[source].opt_state)
+    stacks = {key: (np.asarray(v), shampoo.blocking.bucket_exponent(key)) for key, v in state.stats.items()}
     label = ' + '.join(f'{v.shape[0]} x {v.shape[1]}x{v.shape[2]}' for v, _ in stacks.values())
     references = {key: reference_roots(a, p, 1e-6) for key, (a, p) in stacks.items()}
     for method in shampoo.ROOT_METHODS:
-      ms, out = time_roots(stacks, method)
+      ms, out = time_roots(stacks, method, state.bases)
       worst = max(float(jnp.max(errors)) for _, errors in out.values())
       rel = max(max_relative_error(out[key][0], references[key]) for key in stacks)
-      print(f'| MLP refresh ({label}; {first} stats) | {method} | {ms:.2f} | {worst:.3g} | {rel:.3g} |',
+      print(f'| MLP refresh ({label}; {source} stats) | {method} | {ms:.2f} | {worst:.3g} | {rel:.3g} |',
             flush=True)
 
   print('\n## Optimizer state / parameters (bytes)\n')

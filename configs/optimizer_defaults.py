@@ -56,14 +56,15 @@ BY_NAME = {
         moving_average_for_momentum=True,   # m = b1 m + (1-b1) u (the reference: b1 m + u, a 1/(1-b1) larger step)
         separate_graft_momentum=False,      # graft and Shampoo directions each with a momentum from step 0 (reference)
         exponent_override=0,                # root exponent p for every statistic; 0 = 2 x rank
-        inverse_failure_threshold=0.1,      # Newton error above this keeps the previous root
+        inverse_failure_threshold=0.1,      # a root whose error (per root_method) is above this keeps the previous one
         skip_preconditioning_dim_size_gt=4096,
         precondition_embeddings=False,      # statistics on the other dims of a parameter with a skipped dim
         precondition_rank1=False,           # rank-1 parameters (biases, norm scales) get statistics too (reference)
         merge_small_dims_block_size=4096,   # merge adjacent dims while their product stays <= this (1: never)
-        root_method='newton',               # newton | eigh
+        root_method='newton',               # newton | eigh | warm_eigh (eigenbasis kept between refreshes): docs/shampoo.md
         newton_iterations=100,
         newton_tolerance=1e-6,
+        warm_eigh_tolerance=0.02,           # warm_eigh: max |E_ij| / sqrt(d_i d_j) in the kept basis before a fresh eigh
         statistics_dtype='float32',         # float32 | bfloat16 (statistics and roots)
         root_refresh='inline',              # inline (in the step) | async (beside the next steps) | async_host (on the host CPU): docs/shampoo.md
         root_staleness=0,                   # async: updates between a refresh and its roots' first use; 0 = k

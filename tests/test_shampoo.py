@@ -116,8 +116,8 @@ def test_defaults():
       graft_granularity='block', nesterov=True, moving_average_for_momentum=True, separate_graft_momentum=False,
       exponent_override=0, inverse_failure_threshold=0.1, skip_preconditioning_dim_size_gt=4096,
       precondition_embeddings=False, precondition_rank1=False, merge_small_dims_block_size=4096,
-      root_method='newton', newton_iterations=100, newton_tolerance=1e-6, statistics_dtype='float32',
-      root_refresh='inline', root_staleness=0)
+      root_method='newton', newton_iterations=100, newton_tolerance=1e-6, warm_eigh_tolerance=0.02,
+      statistics_dtype='float32', root_refresh='inline', root_staleness=0)
 
 
 @pytest.mark.parametrize('overrides', [
@@ -125,7 +125,8 @@ def test_defaults():
     dict(root_method='eigh'),
     dict(root_method='newton', beta2=0.9),
     dict(root_method='eigh', exponent_override=4, statistics_compute_steps=2),
-], ids=['newton', 'eigh', 'ema', 'override'])
+    dict(root_method='warm_eigh'),
+], ids=['newton', 'eigh', 'ema', 'override', 'warm_eigh'])
 def test_matches_numpy_full_matrix_shampoo(overrides):
   """A matrix and a rank-3 tensor in one tree, every step, against float64."""
   shapes = {'w': (6, 4), 't': (3, 4, 5)}
@@ -431,7 +432,18 @@ def _dot_generals(jaxpr):
           yield from _dot_generals(inner)
 
 
-@pytest.mark.parametrize('root_method', ['newton', 'eigh'])
+@pytest.mark.parametrize('root_method, root_refresh', [('newton', 'inline'), ('warm_eigh', 'inline'),
+                                                       ('warm_eigh', 'async')])
+def test_a_fresh_state_can_be_donated(root_method, root_refresh):
+  """The trainer donates the state to each step: no two leaves may share a buffer."""
+  tx = shampoo.scale_by_shampoo(**{**DEFAULTS, 'root_method': root_method, 'root_refresh': root_refresh,
+                                   'block_size': 8})
+  leaves = jax.tree.leaves(tx.init([jnp.zeros((8, 8)), jnp.zeros((16, 8))]))
+  pointers = [leaf.unsafe_buffer_pointer() for leaf in leaves]
+  assert len(set(pointers)) == len(pointers)
+
+
+@pytest.mark.parametrize('root_method', ['newton', 'eigh', 'warm_eigh'])
 def test_every_float32_product_of_an_update_asks_for_full_precision(root_method):
   """On TPU (bfloat16 passes) and GPU (TF32) a product without HIGHEST silently loses precision."""
   params = {'conv': jnp.zeros((3, 3, 8, 16)), 'dense': jnp.zeros((16, 10)), 'bias': jnp.zeros(10)}

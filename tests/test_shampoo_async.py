@@ -29,11 +29,12 @@ def gradients():
 
 
 def roots_used(hp, drive):
-  """The roots each update used (its state's roots after it), and the ages health() reports."""
+  """The roots each update used (its state's roots after it), the ages health() reports, and the
+  eigenbases the state kept (warm_eigh; else None)."""
   params = [jnp.zeros(shape) for shape in SHAPES]
   tx = shampoo.scale_by_shampoo(**hp)
   update = jax.jit(tx.update)
-  state, used, ages = tx.init(params), [], []
+  state, used, ages, bases = tx.init(params), [], [], []
   driver = shampoo.AsyncRoots(params, None, 1, hp) if drive else None
   for count, grads in enumerate(gradients()):
     if driver:
@@ -43,13 +44,17 @@ def roots_used(hp, drive):
       driver.after_update(state, count)
     used.append(jax.device_get(state.roots))
     ages.append(int(shampoo.health(state)['shampoo_roots_age']))
-  return used, ages
+    bases.append(jax.device_get(state.bases))
+  return used, ages, bases
 
 
-@pytest.mark.parametrize('refresh, staleness', [('async', 1), ('async', 3), ('async_host', 3)])
-def test_async_roots_are_the_inline_roots_delayed_by_the_staleness(refresh, staleness):
-  inline, inline_ages = roots_used(hyperparameters(), drive=False)
-  delayed, ages = roots_used(hyperparameters(root_refresh=refresh, root_staleness=staleness), drive=True)
+@pytest.mark.parametrize('refresh, staleness, method', [
+    ('async', 1, 'newton'), ('async', 3, 'newton'), ('async_host', 3, 'newton'), ('async', 2, 'warm_eigh')])
+def test_async_roots_are_the_inline_roots_delayed_by_the_staleness(refresh, staleness, method):
+  """With warm_eigh the eigenbases kept between refreshes travel with the roots."""
+  inline, inline_ages, inline_bases = roots_used(hyperparameters(root_method=method), drive=False)
+  delayed, ages, bases = roots_used(hyperparameters(root_refresh=refresh, root_staleness=staleness, root_method=method),
+                             drive=True)
   refreshes = [c for c in range(STEPS) if c >= 3 and c % 3 == 0]  # inline: at `start`, then every 3
   assert inline_ages == [c - max([r for r in refreshes if r <= c], default=c) for c in range(STEPS)]
   for count in range(STEPS):
@@ -62,6 +67,9 @@ def test_async_roots_are_the_inline_roots_delayed_by_the_staleness(refresh, stal
     assert ages[count] == count - source
     for key, root in delayed[count].items():
       np.testing.assert_allclose(root, inline[source][key], rtol=1e-5, atol=1e-6, err_msg=f'{key} at {count}')
+    if method == 'warm_eigh':
+      for key, basis in bases[count].items():
+        np.testing.assert_allclose(basis, inline_bases[source][key], rtol=1e-5, atol=1e-6)
 
 
 def test_a_staleness_above_the_refresh_interval_is_refused():

@@ -79,6 +79,61 @@ def test_inverse_pth_root_relative_epsilon(method):
   assert relative_error < 1e-5 + 2 * 1e3 * U / 4, relative_error
 
 
+def _conditioned(rng, size, kappa):
+  q, _ = np.linalg.qr(rng.standard_normal((size, size)))
+  a = (q * np.logspace(0, -np.log10(kappa), size)) @ q.T
+  return (a + a.T) / 2
+
+
+def _relative_errors(roots, matrices, p, epsilon):
+  out = []
+  for root, a in zip(np.asarray(roots, np.float64), matrices):
+    expected = power(a.astype(np.float64) + epsilon * np.eye(len(a)), -1 / p)
+    out.append(np.linalg.norm(root - expected) / np.linalg.norm(expected))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize('p', [2, 4])
+def test_warm_eigh_roots_against_float64_as_the_statistics_drift(p):
+  """root_method='warm_eigh' over three refreshes of 8x8 statistics with condition numbers 1 to 1e6.
+
+  The first refresh starts from the identity basis and must recompute it (eigh); a drift of 0.5% of
+  the smallest eigenvalue leaves the basis in place, and the root carries the first-order correction's
+  second-order error (below the tolerance squared), where the basis's diagonal alone would miss the
+  bound (well-conditioned, where the bound is tight); statistics rotated anew recompute it.
+  Every root stays within the float32 bound of `test_inverse_pth_root_accuracy` plus that term.
+  """
+  rng = np.random.default_rng(p)
+  tolerance = 0.02
+  for conditions in ([1e0, 1e1, 1e2], [1e4, 1e6]):
+    first = np.stack([_conditioned(rng, 8, kappa) for kappa in conditions]).astype(np.float32)
+    noise = rng.standard_normal((len(conditions), 8, 3))
+    drifted = (first + 5e-3 * np.einsum('nik,njk->nij', noise, noise) / 3
+               * np.asarray(conditions)[:, None, None] ** -1.0).astype(np.float32)
+    rotated = np.stack([_conditioned(rng, 8, kappa) for kappa in conditions]).astype(np.float32)
+    bound = 1e-5 + 2 * np.asarray(conditions) * U / p + tolerance ** 2
+    basis = jnp.broadcast_to(jnp.eye(8), first.shape)
+    for step, matrices in enumerate((first, drifted, rotated)):
+      roots, errors, new_basis = roots_lib.warm_inverse_pth_root(
+          jnp.asarray(matrices), basis, p, epsilon=1e-12, relative_epsilon=False, tolerance=tolerance)
+      kept = bool(jnp.all(new_basis == basis))
+      assert kept == (step == 1), (conditions, step)
+      assert np.all(np.asarray(errors) <= tolerance)
+      np.testing.assert_array_less(_relative_errors(roots, matrices, p, 1e-12), bound)
+      if kept and conditions[-1] <= 1e2:  # the first-order correction is what keeps the root within the bound
+        projected = np.einsum('nji,njk,nkl->nil', basis, matrices.astype(np.float64), basis)
+        diagonal_only = np.einsum('nij,nj,nkj->nik', basis, np.diagonal(projected, axis1=1, axis2=2) ** (-1 / p), basis)
+        assert np.any(_relative_errors(diagonal_only, matrices, p, 1e-12) > bound)
+      np.testing.assert_allclose(np.asarray(new_basis[0] @ new_basis[0].T), np.eye(8), atol=1e-5)
+      basis = new_basis
+
+
+def test_warm_eigh_zero_statistics_have_no_root():
+  roots, errors, _ = roots_lib.warm_inverse_pth_root(jnp.zeros((2, 4, 4)), jnp.broadcast_to(jnp.eye(4), (2, 4, 4)),
+                                                     4, epsilon=1e-6, relative_epsilon=True, tolerance=0.02)
+  assert np.all(np.isinf(np.asarray(errors)))
+
+
 EIGH_STEPS = '''
 import jax, jax.numpy as jnp
 from configs.optimizer_defaults import BY_NAME

@@ -93,10 +93,14 @@ def _root_flops(size: int, exponent: int, hp) -> float:
   A coupled Newton step multiplies b x b matrices for the p-th power (by squaring) and twice
   more (M and H); eigh is about 9 b^3 (a symmetric eigendecomposition with vectors) and 2 b^3
   to rebuild the root. The 50 power iterations for the largest eigenvalue are 2 b^2 each.
+  warm_eigh at its worst projects onto the kept basis (two products), recomputes it (eigh),
+  projects again and rebuilds the root (two products each); a refresh that keeps its basis costs 8 b^3.
   """
   power = exponent.bit_length() - 1 + bin(exponent).count('1') - 1
   if hp.root_method == 'eigh':
     return 11.0 * size ** 3 + 100.0 * size ** 2
+  if hp.root_method == 'warm_eigh':
+    return 21.0 * size ** 3
   return hp.newton_iterations * (power + 2) * 2.0 * size ** 3 + 100.0 * size ** 2
 
 

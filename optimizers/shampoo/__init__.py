@@ -11,6 +11,7 @@ from optimizers.shampoo.blocking import preconditioner_kind as preconditioner_ki
 from optimizers.shampoo.blocking import stack_sizes as stack_sizes
 from optimizers.shampoo.roots import inverse_pth_root as inverse_pth_root
 from optimizers.shampoo.roots import ROOT_METHODS as ROOT_METHODS
+from optimizers.shampoo.roots import warm_inverse_pth_root as warm_inverse_pth_root
 from optimizers.shampoo.transform import ASYNC_REFRESHES as ASYNC_REFRESHES
 from optimizers.shampoo.transform import FIELDS as FIELDS
 from optimizers.shampoo.transform import find_state as find_state

@@ -47,23 +47,30 @@ def update_statistics(stats, stacks, p: blocking.Plan, beta2: float, dtype):
   return out
 
 
-def refresh_roots(stats, roots, masks, hp: dict, dtype):
+def refresh_roots(stats, roots, bases, masks, hp: dict, dtype):
   """Fresh inverse roots of every bucket, the previous root where one failed.
 
-  Returns the roots, each matrix's root error, and per bucket which matrices got a fresh root.
+  `bases` (statistic key -> [n, b, b]) are the eigenbases kept between refreshes by
+  root_method='warm_eigh', None otherwise. Returns the roots, each matrix's root error, per
+  bucket which matrices got a fresh root, and the bases for the next refresh (or None).
   """
-  out_roots, out_errors, succeeded = {}, {}, {}
+  out_roots, out_errors, succeeded, out_bases = {}, {}, {}, {} if bases is not None else None
   for key in stats:
-    computed, error = roots_lib.inverse_pth_root(
-        stats[key], blocking.bucket_exponent(key), epsilon=hp['matrix_epsilon'],
-        relative_epsilon=hp['relative_matrix_epsilon'], method=hp['root_method'],
-        iterations=hp['newton_iterations'], tolerance=hp['newton_tolerance'],
-        padding=jnp.asarray(masks[key]))
+    settings = dict(p=blocking.bucket_exponent(key), epsilon=hp['matrix_epsilon'],
+                    relative_epsilon=hp['relative_matrix_epsilon'],
+                    padding=jnp.asarray(masks[key]) if masks[key].any() else None)
+    if bases is not None:
+      computed, error, out_bases[key] = roots_lib.warm_inverse_pth_root(
+          stats[key], bases[key], tolerance=hp['warm_eigh_tolerance'], **settings)
+    else:
+      computed, error = roots_lib.inverse_pth_root(
+          stats[key], method=hp['root_method'], iterations=hp['newton_iterations'],
+          tolerance=hp['newton_tolerance'], **settings)
     ok = (error < hp['inverse_failure_threshold']) & jnp.all(jnp.isfinite(computed), axis=(-2, -1))
     out_roots[key] = jnp.where(ok[:, None, None], computed.astype(dtype), roots[key])
     out_errors[key] = error
     succeeded[key] = ok
-  return out_roots, out_errors, succeeded
+  return out_roots, out_errors, succeeded, out_bases
 
 
 def apply_roots(blocks, roots):

@@ -50,14 +50,15 @@ class AsyncRoots:
     # Outputs sharded as the state's own leaves, which the compiled step expects (None: unsharded).
     shardings = transform.find_state(opt_state_shardings) if opt_state_shardings is not None else None
 
-    def compute(stats, count, due) -> transform.Pending:
+    def compute(stats, bases, count, due) -> transform.Pending:
       # Zeros where a root fails: the update that installs them keeps the previous root there.
-      roots, errors, succeeded = preconditioning.refresh_roots(
-          stats, jax.tree.map(jnp.zeros_like, stats), masks, hp, dtype)
+      roots, errors, succeeded, bases = preconditioning.refresh_roots(
+          stats, jax.tree.map(jnp.zeros_like, stats), bases, masks, hp, dtype)
       return transform.Pending(due=due, stats_count=count - 1, roots=roots, root_errors=errors,
-                               succeeded=succeeded)
+                               succeeded=succeeded, bases=bases)
 
-    self._copy = jax.jit(lambda stats: jax.tree.map(jnp.copy, stats), out_shardings=shardings and shardings.stats)
+    self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                         out_shardings=shardings and (shardings.stats, shardings.bases))
     if hp['root_refresh'] == 'async_host':
       if jax.process_count() > 1:
         raise ConfigError(f"root_refresh='async_host' runs in one process ({jax.process_count()} here): the "
@@ -65,8 +66,8 @@ class AsyncRoots:
       host = jax.local_devices(backend='cpu')[0]
       back = (shardings and shardings.pending) or jax.devices()[0]
       compute_on_host = jax.jit(compute)
-      self._compute = lambda stats, count, due: jax.device_put(
-          compute_on_host(*jax.device_put((stats, count), host), due), back)
+      self._compute = lambda stats, bases, count, due: jax.device_put(
+          compute_on_host(*jax.device_put((stats, bases, count), host), due), back)
     else:
       self._compute = jax.jit(compute, out_shardings=shardings and shardings.pending)
     self._in_flight: tuple[int, transform.Pending] | None = None
@@ -80,7 +81,7 @@ class AsyncRoots:
     if self.launches_after(count):
       state = transform.find_state(opt_state)
       due = count + self.staleness
-      self._in_flight = due, self._compute(self._copy(state.stats), state.count, np.int32(due))
+      self._in_flight = due, self._compute(*self._copy((state.stats, state.bases)), state.count, np.int32(due))
 
   def before_update(self, opt_state, count: int):
     """`opt_state` with the roots in flight as its pending roots when update `count` is due for them."""

@@ -1,7 +1,9 @@
 """Inverse p-th roots of stacks of symmetric PSD matrices: Shampoo's numerical core.
 
-Coupled Newton iteration, scaled before each step (or eigh), damped by epsilon (times
-the largest eigenvalue, by power iteration, when relative). Pure functions of arrays.
+Coupled Newton iteration, scaled before each step; or eigh; or (`warm_inverse_pth_root`) an
+eigenbasis kept from the previous refresh, corrected to first order and recomputed only when the
+statistics have drifted from it. Damped by epsilon (times the largest eigenvalue when relative).
+Pure functions of arrays.
 
 Every product passes `precision=HIGHEST` itself: a TPU multiplies float32 matrices in one
 bfloat16 pass by default (a GPU in TF32), which stalls the Newton iteration past a condition
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT_METHODS = ('newton', 'eigh')
+ROOT_METHODS = ('newton', 'eigh', 'warm_eigh')
 POWER_ITERATIONS = 50
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -139,6 +141,71 @@ def _eigh_root(a, p: int):
   powered = jnp.maximum(eigenvalues, 1e-30) ** (-1.0 / p)
   roots = jnp.einsum('nij,nj,nkj->nik', vectors, powered, vectors, precision=HIGHEST)
   return roots, jnp.where(jnp.all(eigenvalues > 0, axis=-1), 0.0, jnp.inf)
+
+
+def _divided_differences(d, p: int):
+  """[..., b, b] first divided differences f[d_i, d_j] of f(x) = x^(-1/p) at positive d ([..., b]):
+  (f(d_i) - f(d_j)) / (d_i - d_j), f'(d_i) where equal. Written in the ratio of the two, which
+  keeps close values from cancelling: f[l(1 + r), l] = l^(-1/p - 1) expm1(-log1p(r) / p) / r."""
+  low = jnp.minimum(d[..., :, None], d[..., None, :])
+  ratio = jnp.maximum(d[..., :, None], d[..., None, :]) / low - 1
+  apart = ratio > 0
+  safe = jnp.where(apart, ratio, 1.0)
+  return low ** (-1.0 / p - 1) * jnp.where(apart, jnp.expm1(-jnp.log1p(safe) / p) / safe, -1.0 / p)
+
+
+def _off_diagonal_ratio(b):
+  """max over i != j of |B_ij| / sqrt(B_ii B_jj) for each matrix of a [n, s, s] stack: how far an
+  orthogonal basis is from diagonalizing the matrix it was projected from (0: an eigenbasis)."""
+  d = jnp.diagonal(b, axis1=-2, axis2=-1)
+  off = b * (1 - jnp.eye(b.shape[-1], dtype=b.dtype))
+  return jnp.max(jnp.abs(off) / jnp.sqrt(d[:, :, None] * d[:, None, :]), axis=(-2, -1))
+
+
+def warm_inverse_pth_root(matrices, basis, p: int, *, epsilon: float, relative_epsilon: bool,
+                          tolerance: float, padding=None):
+  """(A + eps I)^{-1/p} for each symmetric PSD A of a [n, s, s] stack, from an orthogonal `basis`
+  ([n, s, s], columns) kept from the previous refresh; returns the roots, their errors and the basis.
+
+  B = Q^T (A + eps I) Q is diagonal when Q is an eigenbasis. Statistics change slowly between
+  refreshes, so the previous eigenbasis leaves a small off-diagonal part E, and the root is
+  Q f(B) Q^T with f(B) ~ diag(f(d)) + f[d_i, d_j] E_ij, f(x) = x^(-1/p) (Daleckii-Krein: exact to
+  first order in E, its error second order). That costs four products of s x s matrices where
+  Newton's iteration costs about forty. When any matrix's max |E_ij| / sqrt(d_i d_j) (returned as
+  its error) exceeds `tolerance`, the stack's basis is recomputed with eigh first (the first
+  refresh always does: the initial basis is the identity). The largest eigenvalue, for the
+  relative damping, is the largest diagonal entry of Q^T A Q (exact for an eigenbasis).
+  `padding` as in `inverse_pth_root`.
+  """
+  a = matrices.astype(jnp.float32)
+  identity = jnp.eye(a.shape[-1], dtype=a.dtype)
+
+  def project(q):
+    """Q^T (A + damping I + lifted padding) Q, and the largest eigenvalue estimated in it."""
+    b = matmul(jnp.swapaxes(q, -1, -2), matmul(a, q))
+    largest = jnp.max(jnp.diagonal(b, axis1=-2, axis2=-1), axis=-1)
+    damping = epsilon * largest if relative_epsilon else jnp.full_like(largest, epsilon)
+    b = b + damping[:, None, None] * identity
+    if padding is not None:  # + Q^T diag(padding x largest) Q
+      b = b + matmul(jnp.swapaxes(q, -1, -2) * (padding * largest[:, None])[:, None, :], q)
+    return b, largest
+
+  def fresh(b_and_largest):
+    """An eigenbasis from eigh, the padding lifted so that it keeps unit vectors of its own."""
+    _, largest = b_and_largest
+    lifted = a if padding is None else a + jax.vmap(jnp.diag)(padding * largest[:, None])
+    q = one_by_one(lambda m: jnp.linalg.eigh(m)[1], lifted)
+    return q, *project(q)
+
+  b, largest = project(basis)
+  stale = ~jnp.all(_off_diagonal_ratio(b) <= tolerance)  # a NaN ratio is stale too
+  basis, b, largest = jax.lax.cond(stale, fresh, lambda b_and_largest: (basis, *b_and_largest), (b, largest))
+  d = jnp.diagonal(b, axis1=-2, axis2=-1)
+  in_basis = jnp.where(identity > 0, jax.vmap(jnp.diag)(d ** (-1.0 / p)), _divided_differences(d, p) * b)
+  roots = matmul(matmul(basis, in_basis), jnp.swapaxes(basis, -1, -2))
+  errors = _off_diagonal_ratio(b)
+  finite = jnp.all(jnp.isfinite(roots), axis=(-2, -1)) & jnp.isfinite(errors) & (largest > 0)
+  return roots, jnp.where(finite, errors, jnp.inf), basis
 
 
 def inverse_pth_root(matrices, p: int, *, epsilon: float, relative_epsilon: bool,

@@ -66,7 +66,8 @@ FIELDS = ('block_size', 'beta1', 'beta2', 'diagonal_epsilon', 'matrix_epsilon', 
           'statistics_compute_steps', 'graft_type', 'graft_granularity', 'nesterov', 'moving_average_for_momentum',
           'separate_graft_momentum', 'exponent_override', 'inverse_failure_threshold',
           'skip_preconditioning_dim_size_gt', 'precondition_embeddings', 'precondition_rank1',
-          'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'statistics_dtype',
+          'merge_small_dims_block_size', 'root_method', 'newton_iterations', 'newton_tolerance', 'warm_eigh_tolerance',
+          'statistics_dtype',
           'root_refresh', 'root_staleness')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 ROOT_REFRESHES = ('inline', 'async', 'async_host')
@@ -79,7 +80,7 @@ def _validate(hp: dict) -> None:
   check_range(hp, 'beta1', 0.0, 1.0)
   check_range(hp, 'beta2', 0.0, 1.0, high_inclusive=True)
   for field in ('diagonal_epsilon', 'matrix_epsilon', 'start_preconditioning_step',
-                'exponent_override', 'newton_tolerance'):
+                'exponent_override', 'newton_tolerance', 'warm_eigh_tolerance'):
     check_range(hp, field, 0, None)
   for field in ('preconditioning_compute_steps', 'statistics_compute_steps', 'newton_iterations',
                 'skip_preconditioning_dim_size_gt', 'merge_small_dims_block_size'):
@@ -101,6 +102,7 @@ class Pending(NamedTuple):
   roots: dict[str, jax.Array]
   root_errors: dict[str, jax.Array]
   succeeded: dict[str, jax.Array]  # statistic key -> [n] whether the matrix got a fresh root
+  bases: dict[str, jax.Array] | None  # root_method='warm_eigh': the eigenbases after that refresh
 
 
 class ShampooState(NamedTuple):
@@ -108,6 +110,7 @@ class ShampooState(NamedTuple):
   stats: dict[str, jax.Array]  # statistic key (blocking.statistic_key) -> [n, b, b]
   roots: dict[str, jax.Array]  # statistic key -> [n, b, b] inverse roots in use
   root_errors: dict[str, jax.Array]  # statistic key -> [n] error of the latest root computation
+  bases: dict[str, jax.Array] | None  # root_method='warm_eigh': statistic key -> [n, b, b] eigenbases kept
   failed_roots: jax.Array     # matrices whose root failed and kept the previous one (cumulative)
   refresh_failures: jax.Array  # matrices whose root failed at the latest refresh
   root_refreshes: jax.Array   # times the roots were recomputed
@@ -121,7 +124,7 @@ class ShampooState(NamedTuple):
 
 
 # The fields of ShampooState and Pending with a row per block of a group: padded to `stack_multiple` rows.
-STACK_FIELDS = ('stats', 'roots', 'root_errors', 'rooted', 'padding', 'succeeded')
+STACK_FIELDS = ('stats', 'roots', 'root_errors', 'bases', 'rooted', 'padding', 'succeeded')
 
 
 def is_stack(path: str) -> bool:
@@ -153,6 +156,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
   layerwise = hp['graft_granularity'] == 'layer' and hp['graft_type'] != 'none'
   initial = hp['matrix_epsilon'] if hp['statistics_start_at_epsilon'] else 0.0
   asynchronous = hp['root_refresh'] in ASYNC_REFRESHES
+  warm = hp['root_method'] == 'warm_eigh'
   constrain = ((lambda x: x) if stack_sharding is None
                else lambda x: jax.lax.with_sharding_constraint(x, stack_sharding))
 
@@ -168,6 +172,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
     return ShampooState(
         count=jnp.zeros((), jnp.int32), stats=stats, roots=eye,
         root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
+        bases={k: jnp.array(e, jnp.float32, copy=True) for k, e in eye.items()} if warm else None,
         failed_roots=jnp.zeros((), jnp.int32), refresh_failures=jnp.zeros((), jnp.int32),
         root_refreshes=jnp.zeros((), jnp.int32),
         rooted={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
@@ -178,7 +183,8 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
         pending=Pending(due=jnp.full((), -1, jnp.int32), stats_count=jnp.full((), -1, jnp.int32),
                         roots={k: jnp.copy(e) for k, e in eye.items()},
                         root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
-                        succeeded={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()})
+                        succeeded={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
+                        bases={k: jnp.array(e, jnp.float32, copy=True) for k, e in eye.items()} if warm else None)
         if asynchronous else None)
 
   def momentum(buffers, directions):
@@ -198,14 +204,15 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
                          lambda s: preconditioning.update_statistics(s, blocks, p, beta2, dtype),
                          lambda s: s, state.stats)
 
-    keep = lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3]))
+    # args: (statistics, roots, root errors, rooted, bases); each branch gives (roots, errors, succeeded, bases).
+    keep = lambda args: (args[1], args[2], jax.tree.map(jnp.zeros_like, args[3]), args[4])
+    current = (stats, state.roots, state.root_errors, state.rooted, state.bases)
     if asynchronous:  # the roots computed outside the step take over at the update they are due for
       fresh = state.pending
       refresh = count == fresh.due
       install = lambda args: ({k: jnp.where(fresh.succeeded[k][:, None, None], fresh.roots[k], old)
-                               for k, old in args[1].items()}, fresh.root_errors, fresh.succeeded)
-      roots, root_errors, succeeded = jax.lax.cond(
-          refresh, install, keep, (stats, state.roots, state.root_errors, state.rooted))
+                               for k, old in args[1].items()}, fresh.root_errors, fresh.succeeded, fresh.bases)
+      roots, root_errors, succeeded, bases = jax.lax.cond(refresh, install, keep, current)
       roots_from = jnp.where(refresh, fresh.stats_count, state.roots_from)
     else:
       # Roots at `start`, then every k updates; none before it (unused there) unless Shampoo's
@@ -213,9 +220,9 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
       refresh = (count % hp['preconditioning_compute_steps'] == 0) | (count == start)
       if not separate:
         refresh &= count >= start
-      roots, root_errors, succeeded = jax.lax.cond(
-          refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], p.masks, hp, dtype),
-          keep, (stats, state.roots, state.root_errors, state.rooted))
+      roots, root_errors, succeeded, bases = jax.lax.cond(
+          refresh, lambda args: preconditioning.refresh_roots(args[0], args[1], args[4], p.masks, hp, dtype),
+          keep, current)
       roots_from = jnp.where(refresh, count, state.roots_from)
     failed = jnp.where(refresh, sum(jnp.sum(~ok & ~p.sizes[k].padding) for k, ok in succeeded.items()),
                        0).astype(jnp.int32)
@@ -261,7 +268,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
       directions = choose(shampoo_directions, graft)
 
     new_state = ShampooState(
-        count=count + 1, stats=stats, roots=roots, root_errors=root_errors,
+        count=count + 1, stats=stats, roots=roots, root_errors=root_errors, bases=bases,
         failed_roots=state.failed_roots + failed,
         refresh_failures=jnp.where(refresh, failed, state.refresh_failures),
         root_refreshes=state.root_refreshes + refresh.astype(jnp.int32),
