@@ -93,7 +93,7 @@ def _relative_errors(roots, matrices, p, epsilon):
   return np.asarray(out)
 
 
-@pytest.mark.parametrize('p', [2, 4])
+@pytest.mark.parametrize('p', [4, 6])
 def test_warm_eigh_roots_against_float64_as_the_statistics_drift(p):
   """root_method='warm_eigh' over three refreshes of 8x8 statistics with condition numbers 1 to 1e6.
 
