@@ -145,21 +145,27 @@ def _eigh_root(a, p: int):
 
 def _divided_differences(d, p: int):
   """[..., b, b] first divided differences f[d_i, d_j] of f(x) = x^(-1/p) at positive d ([..., b]):
-  (f(d_i) - f(d_j)) / (d_i - d_j), f'(d_i) where equal. Written in the ratio of the two, which
-  keeps close values from cancelling: f[l(1 + r), l] = l^(-1/p - 1) expm1(-log1p(r) / p) / r."""
-  low = jnp.minimum(d[..., :, None], d[..., None, :])
-  ratio = jnp.maximum(d[..., :, None], d[..., None, :]) / low - 1
-  apart = ratio > 0
-  safe = jnp.where(apart, ratio, 1.0)
-  return low ** (-1.0 / p - 1) * jnp.where(apart, jnp.expm1(-jnp.log1p(safe) / p) / safe, -1.0 / p)
+  (f(d_i) - f(d_j)) / (d_i - d_j), f'(d_i) where equal. Close values (ratio r = high / low - 1 below
+  0.05) would cancel in that quotient: there f[l(1 + r), l] = l^(c - 1) ((1 + r)^c - 1) / r, c = -1/p,
+  by its binomial series to r^3 (truncation below 1e-6). No power or logarithm per pair: a refresh
+  takes b^2 of them per matrix otherwise, as long as its products on a CPU."""
+  c = -1.0 / p
+  f = d ** c
+  pairs = lambda x: (x[..., :, None], x[..., None, :])
+  (d_i, d_j), (f_i, f_j), (g_i, g_j) = pairs(d), pairs(f), pairs(f / d)
+  i_low = d_i <= d_j
+  r = jnp.where(i_low, d_j / d_i, d_i / d_j) - 1
+  series = jnp.where(i_low, g_i, g_j) * c * (1 + (c - 1) / 2 * r * (1 + (c - 2) / 3 * r * (1 + (c - 3) / 4 * r)))
+  close = r < 0.05
+  return jnp.where(close, series, (f_i - f_j) / jnp.where(close, 1.0, d_i - d_j))
 
 
 def _off_diagonal_ratio(b):
   """max over i != j of |B_ij| / sqrt(B_ii B_jj) for each matrix of a [n, s, s] stack: how far an
   orthogonal basis is from diagonalizing the matrix it was projected from (0: an eigenbasis)."""
-  d = jnp.diagonal(b, axis1=-2, axis2=-1)
+  scale = jnp.diagonal(b, axis1=-2, axis2=-1) ** -0.5
   off = b * (1 - jnp.eye(b.shape[-1], dtype=b.dtype))
-  return jnp.max(jnp.abs(off) / jnp.sqrt(d[:, :, None] * d[:, None, :]), axis=(-2, -1))
+  return jnp.max(jnp.abs(off) * scale[:, :, None] * scale[:, None, :], axis=(-2, -1))
 
 
 def warm_inverse_pth_root(matrices, basis, p: int, *, epsilon: float, relative_epsilon: bool,
@@ -190,22 +196,22 @@ def warm_inverse_pth_root(matrices, basis, p: int, *, epsilon: float, relative_e
       b = b + matmul(jnp.swapaxes(q, -1, -2) * (padding * largest[:, None])[:, None, :], q)
     return b, largest
 
-  def fresh(b_and_largest):
+  def fresh(_):
     """An eigenbasis from eigh, the padding lifted so that it keeps unit vectors of its own."""
-    _, largest = b_and_largest
     lifted = a if padding is None else a + jax.vmap(jnp.diag)(padding * largest[:, None])
     q = one_by_one(lambda m: jnp.linalg.eigh(m)[1], lifted)
-    return q, *project(q)
+    b, largest_in_q = project(q)
+    return q, b, largest_in_q, _off_diagonal_ratio(b)
 
   b, largest = project(basis)
-  stale = ~jnp.all(_off_diagonal_ratio(b) <= tolerance)  # a NaN ratio is stale too
-  basis, b, largest = jax.lax.cond(stale, fresh, lambda b_and_largest: (basis, *b_and_largest), (b, largest))
+  drift = _off_diagonal_ratio(b)
+  stale = ~jnp.all(drift <= tolerance)  # a NaN ratio is stale too
+  basis, b, largest, drift = jax.lax.cond(stale, fresh, lambda _: (basis, b, largest, drift), None)
   d = jnp.diagonal(b, axis1=-2, axis2=-1)
   in_basis = jnp.where(identity > 0, jax.vmap(jnp.diag)(d ** (-1.0 / p)), _divided_differences(d, p) * b)
   roots = matmul(matmul(basis, in_basis), jnp.swapaxes(basis, -1, -2))
-  errors = _off_diagonal_ratio(b)
-  finite = jnp.all(jnp.isfinite(roots), axis=(-2, -1)) & jnp.isfinite(errors) & (largest > 0)
-  return roots, jnp.where(finite, errors, jnp.inf), basis
+  finite = jnp.all(jnp.isfinite(roots), axis=(-2, -1)) & jnp.isfinite(drift) & (largest > 0)
+  return roots, jnp.where(finite, drift, jnp.inf), basis
 
 
 def inverse_pth_root(matrices, p: int, *, epsilon: float, relative_epsilon: bool,
