@@ -143,6 +143,11 @@ def _eigh_root(a, p: int):
   return roots, jnp.where(jnp.all(eigenvalues > 0, axis=-1), 0.0, jnp.inf)
 
 
+def _damping(largest, epsilon: float, relative: bool):
+  """The eps added to each matrix: `epsilon`, or `epsilon` x its largest eigenvalue when `relative`."""
+  return epsilon * largest if relative else jnp.full_like(largest, epsilon)
+
+
 def _divided_differences(d, p: int):
   """[..., b, b] first divided differences f[d_i, d_j] of f(x) = x^(-1/p) at positive d ([..., b]):
   (f(d_i) - f(d_j)) / (d_i - d_j), f'(d_i) where equal. Close values (ratio r = high / low - 1 below
@@ -190,7 +195,7 @@ def warm_inverse_pth_root(matrices, basis, p: int, *, epsilon: float, relative_e
     """Q^T (A + damping I + lifted padding) Q, and the largest eigenvalue estimated in it."""
     b = matmul(jnp.swapaxes(q, -1, -2), matmul(a, q))
     largest = jnp.max(jnp.diagonal(b, axis1=-2, axis2=-1), axis=-1)
-    damping = epsilon * largest if relative_epsilon else jnp.full_like(largest, epsilon)
+    damping = _damping(largest, epsilon, relative_epsilon)
     b = b + damping[:, None, None] * identity
     if padding is not None:  # + Q^T diag(padding x largest) Q
       b = b + matmul(jnp.swapaxes(q, -1, -2) * (padding * largest[:, None])[:, None, :], q)
@@ -226,7 +231,7 @@ def inverse_pth_root(matrices, p: int, *, epsilon: float, relative_epsilon: bool
   """
   a = matrices.astype(jnp.float32)
   largest = _max_eigenvalue(a)
-  damping = epsilon * largest if relative_epsilon else jnp.full_like(largest, epsilon)
+  damping = _damping(largest, epsilon, relative_epsilon)
   diagonal = damping[:, None] * jnp.ones(a.shape[:-1], a.dtype)
   if padding is not None:
     diagonal = diagonal + padding * largest[:, None]

@@ -169,10 +169,12 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
     stats = {k: jnp.where(size.padding[:, None, None], eye[k], initial * eye[k]).astype(dtype)
              for k, size in sizes.items()}
     per_param = lambda: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    # Fresh float32 copies each time: a state donated to the step must not alias `eye`.
+    identity_bases = lambda: {k: jnp.array(e, jnp.float32, copy=True) for k, e in eye.items()} if warm else None
     return ShampooState(
         count=jnp.zeros((), jnp.int32), stats=stats, roots=eye,
         root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
-        bases={k: jnp.array(e, jnp.float32, copy=True) for k, e in eye.items()} if warm else None,
+        bases=identity_bases(),
         failed_roots=jnp.zeros((), jnp.int32), refresh_failures=jnp.zeros((), jnp.int32),
         root_refreshes=jnp.zeros((), jnp.int32),
         rooted={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
@@ -184,7 +186,7 @@ def scale_by_shampoo(*, stack_multiple: int = 1, stack_sharding: jax.sharding.Sh
                         roots={k: jnp.copy(e) for k, e in eye.items()},
                         root_errors={k: jnp.zeros(size.padded, jnp.float32) for k, size in sizes.items()},
                         succeeded={k: jnp.zeros(size.padded, bool) for k, size in sizes.items()},
-                        bases={k: jnp.array(e, jnp.float32, copy=True) for k, e in eye.items()} if warm else None)
+                        bases=identity_bases())
         if asynchronous else None)
 
   def momentum(buffers, directions):
