@@ -155,15 +155,16 @@ def build(cfg: ml_collections.ConfigDict, schedule: optax.Schedule,
   `multipliers` (muP's, from optimizers.parameterization) scale each parameter's step
   after the learning rate, and K-FAC's damping per block. `stack_sharding` (the trainer's: every
   mesh axis on a stack's first dimension) is how Shampoo splits its stacks of blocks and
-  statistics over the devices, each padded to a multiple of their count; the other optimizers
-  ignore it.
+  statistics over the devices, each padded to a multiple of their count; K-FAC takes its mesh;
+  the other optimizers ignore it.
   """
   validate(cfg)
   optimizer = _lookup(cfg.name)
   if optimizer.needs_loss:
     if loss is None:
       raise ConfigError(f'optimizer {cfg.name!r} needs the task loss to build')
-    direction = optimizer.direction(cfg, loss, schedule, None if multipliers is None else multipliers.damping)
+    direction = optimizer.direction(cfg, loss, schedule, None if multipliers is None else multipliers.damping,
+                                    mesh=None if stack_sharding is None else stack_sharding.mesh)
   elif optimizer.pads_stacks:
     direction = optimizer.direction(cfg, stack_sharding)
   else:

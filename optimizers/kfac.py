@@ -24,6 +24,8 @@ convolution) would leave every dense and conv layer to a diagonal block, so each
 those patterns is also given with its parameters cast to bfloat16
 (`graph_patterns`), and the Kronecker factors of such layers are accumulated from
 the bfloat16 activations and output gradients in float32 (`layer_blocks`).
+On a mesh the factors are split by rows like other square optimizer state, and each
+block gathers its factors whole before inverting them (`layer_blocks`).
 The matcher does not look inside jax.checkpoint regions either (a task's `remat`), so
 the loss is given to kfac-jax with those regions spliced in (`inline_remat`): the
 curvature pass recomputes nothing, while the gradient the trainer takes keeps its remat.
@@ -180,6 +182,19 @@ def _float32_statistics(block_class):
   return Block
 
 
+def _inverted_whole(block_class, replicated: jax.sharding.Sharding):
+  """`block_class` gathering its state onto every device before it computes the inverses. The
+  factors are split by rows (trainer/partitioning.py); XLA partitions an inverse of a split matrix
+  into a loop of collective permutes, thousands for BERT-Large's factors, and its TPU compile of
+  that outgrew a 24 GB host. Whole, every device inverts every factor, at most 4097 x 4097 each."""
+  class Block(block_class):
+    def _update_cache(self, state, *args, **kwargs):
+      whole = lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), tree)
+      return whole(super()._update_cache(whole(state), *args, **kwargs))  # in and out: XLA propagates both ways
+  Block.__name__ = Block.__qualname__ = block_class.__name__
+  return Block
+
+
 @functools.cache
 def _repeated_dense_diagonal():
   """kfac-jax's dense diagonal for a dense layer applied at every position of a sequence: the
@@ -209,11 +224,12 @@ def factor_dims(parameter_shapes) -> tuple[int, int]:
 
 
 @functools.cache
-def layer_blocks(max_factor_dim: int) -> dict:
+def layer_blocks(max_factor_dim: int, replicated: jax.sharding.Sharding | None = None) -> dict:
   """Block constructors of the Kronecker-factored layer variants (see `_float32_statistics`): a layer
   with a factor larger than `max_factor_dim` (0: no limit) gets its variant's diagonal block, whose
   state is the parameters' shape and is split like them, instead of factors replicated on every
-  device (a 30k vocabulary's would be 3.7 GB, its inverse as much)."""
+  device (a 30k vocabulary's would be 3.7 GB, its inverse as much). With `replicated` (the mesh's
+  replicated sharding) a Kronecker block inverts its factors whole (`_inverted_whole`)."""
   blocks = kfac_jax().curvature_blocks
   variants = {'dense': (blocks.DenseTwoKroneckerFactored, blocks.DenseDiagonal),
               'repeated_dense': (blocks.RepeatedDenseKroneckerFactored, _repeated_dense_diagonal()),
@@ -226,7 +242,11 @@ def layer_blocks(max_factor_dim: int) -> dict:
       return diagonal(layer_tag_eqn) if too_big else block
     return build
 
-  return {variant: constructor(_float32_statistics(kronecker), _float32_statistics(diagonal))
+  def kronecker_block(block_class):
+    block_class = _float32_statistics(block_class)
+    return block_class if replicated is None else _inverted_whole(block_class, replicated)
+
+  return {variant: constructor(kronecker_block(kronecker), _float32_statistics(diagonal))
           for variant, (kronecker, diagonal) in variants.items()}
 
 
@@ -257,8 +277,10 @@ def _preconditioner_class():
   return Preconditioner
 
 
-def preconditioner(cfg, loss: LossContext):
-  """The kfac-jax OptaxPreconditioner for `cfg`; fails (naming the task) without a loss tag."""
+def preconditioner(cfg, loss: LossContext, mesh: jax.sharding.Mesh | None = None):
+  """The kfac-jax OptaxPreconditioner for `cfg`, on `mesh` when the step runs on one; fails (naming
+  the task) without a loss tag."""
+  replicated = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   precon = _preconditioner_class()(
       value_func=inline_remat(loss.value_fn), damping=cfg['damping'], curvature_ema=cfg['curvature_ema'],
       curvature_update_period=1,
@@ -267,7 +289,7 @@ def preconditioner(cfg, loss: LossContext):
       # jit + sharding already spreads the work; there is no pmap axis to distribute over.
       distributed_inverses=False, distributed_precon_apply=False,
       auto_register_kwargs={'graph_patterns': graph_patterns()},
-      layer_tag_to_block_ctor=layer_blocks(int(cfg['max_factor_dim'])))
+      layer_tag_to_block_ctor=layer_blocks(int(cfg['max_factor_dim']), replicated))
   precon.curvature_period = cfg['curvature_update_period']
   try:
     jax.eval_shape(lambda args: precon.init(func_args=args, rng=jax.random.PRNGKey(0)),
@@ -328,16 +350,16 @@ def curvature_subset(size: int, example_batch) -> Callable[[tuple], tuple]:
   return lambda loss_args: (*loss_args[:3], jax.tree.map(lambda x: x[::stride], loss_args[3]))
 
 
-def scale_by_kfac(cfg, loss: LossContext, learning_rate: optax.Schedule,
-                  damping_multipliers=None) -> optax.GradientTransformationExtraArgs:
+def scale_by_kfac(cfg, loss: LossContext, learning_rate: optax.Schedule, damping_multipliers=None,
+                  mesh: jax.sharding.Mesh | None = None) -> optax.GradientTransformationExtraArgs:
   """K-FAC's preconditioned (momentum) direction; the trainer chains the learning rate.
 
   `learning_rate` is the chain's schedule: adaptive damping judges the step actually
   taken, -learning_rate(count) x direction. `damping_multipliers` (muP's, a tree like
-  the parameters) scale the damping of each parameter's block.
+  the parameters) scale the damping of each parameter's block. `mesh`: the one the step runs on.
   """
   _validate(cfg)
-  precon = preconditioner(cfg, loss)
+  precon = preconditioner(cfg, loss, mesh)
   log_blocks(precon, loss.example_args[0])
   if damping_multipliers is not None:
     precon.block_damping_scales = block_scales(precon, loss.example_args[0], damping_multipliers)
