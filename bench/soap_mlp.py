@@ -40,9 +40,13 @@ from errors import ArgumentParser  # noqa: E402
 CONFIGS = {'adam': lp_regression_adam, 'shampoo': lp_regression_shampoo, 'soap': lp_regression_soap}
 # Rows of the table: (config, its optimizer fields changed, learning rates swept).
 FINE = (0.003, 0.007, 0.01, 0.014, 0.02, 0.03)
+# Shampoo as bench/shampoo_overhead.py times it: roots every 10 updates, the default momentum.
+ROOTS_EVERY_10 = {'preconditioning_compute_steps': 10, 'moving_average_for_momentum': True}
 VARIANTS = {
     'adam': ('adam', {}, FINE),
     'shampoo': ('shampoo', {}, (0.003, 0.01, 0.03)),
+    'shampoo, roots every 10 updates': ('shampoo', ROOTS_EVERY_10, FINE),
+    'shampoo, warm_eigh roots every 10 updates': ('shampoo', {**ROOTS_EVERY_10, 'root_method': 'warm_eigh'}, FINE),
     'soap': ('soap', {}, FINE),
     'soap, bases every update': ('soap', {'precondition_frequency': 1}, FINE),
 }
