@@ -25,7 +25,7 @@ those patterns is also given with its parameters cast to bfloat16
 (`graph_patterns`), and the Kronecker factors of such layers are accumulated from
 the bfloat16 activations and output gradients in float32 (`layer_blocks`).
 On a mesh the factors are split by rows like other square optimizer state, and each
-block gathers its factors whole before inverting them (`layer_blocks`).
+block gathers its factors whole to invert them, and keeps the inverses whole (`layer_blocks`).
 The matcher does not look inside jax.checkpoint regions either (a task's `remat`), so
 the loss is given to kfac-jax with those regions spliced in (`inline_remat`): the
 curvature pass recomputes nothing, while the gradient the trainer takes keeps its remat.
@@ -185,8 +185,8 @@ def _float32_statistics(block_class):
 def _inverted_whole(block_class, replicated: jax.sharding.Sharding):
   """`block_class` gathering its state onto every device before it computes the inverses. The
   factors are split by rows (trainer/partitioning.py); XLA partitions an inverse of a split matrix
-  into a loop of collective permutes, thousands for BERT-Large's factors, and its TPU compile of
-  that outgrew a 24 GB host. Whole, every device inverts every factor, at most 4097 x 4097 each."""
+  into a loop of collective permutes, 2,893 for one BERT-Large layer, whose TPU compile then ran for
+  more than 25 minutes. Whole, every device inverts every factor, at most 4097 x 4097 each."""
   class Block(block_class):
     def _update_cache(self, state, *args, **kwargs):
       whole = lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), tree)
