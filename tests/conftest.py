@@ -26,12 +26,14 @@ from tasks.layers import REMAT_POLICIES  # noqa: E402
 trainer.host_memory.keep_freed_memory()  # as main.py: in-process runs get its allocator policy
 
 
-# The files that take longest, longest first (per-file seconds of `pytest --durations=0`, 2026-12-06:
-# 141 down to 35). `make test` hands whole files to whichever of its workers is free, in collection
-# order (--dist loadfile): collected last, a long file would run alone at the end.
-SLOWEST_FILES = ('test_transformer.py', 'test_bert.py', 'test_cli.py', 'test_plan.py', 'test_shampoo.py',
-                 'test_resnet.py', 'test_report.py', 'test_dlrm.py', 'test_kfac.py', 'test_multihost.py',
-                 'test_parameterization.py', 'test_launch.py', 'test_trainer.py')
+# The files that take longest, longest first (per-file seconds of the 60 slowest tests of
+# `pytest --durations=60`, 2026-12-07: 99 down to 23). `make test` hands whole files to whichever of
+# its workers is free, in collection order (--dist loadfile): collected last, a long file would run
+# alone at the end.
+SLOWEST_FILES = ('test_transformer.py', 'test_cli.py', 'test_kfac.py', 'test_bert.py', 'test_report.py',
+                 'test_plan.py', 'test_multihost.py', 'test_shampoo.py', 'test_resnet.py', 'test_trainer.py',
+                 'test_embeddings.py', 'test_dlrm.py', 'test_prefetch.py', 'test_launch.py', 'test_chaos.py',
+                 'test_parameterization.py')
 
 
 def pytest_collection_modifyitems(items):

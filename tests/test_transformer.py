@@ -199,13 +199,13 @@ def test_bleu_of_the_references_against_themselves_is_100():
 
 
 def test_tiny_training_lowers_loss_and_reports_bleu(tmp_path):
-  summary = trainer.run(load_config('transformer_adam', **SMALL, num_steps=60, eval_every=30,
+  summary = trainer.run(load_config('transformer_adam', **SMALL, num_steps=40, eval_every=20,
                                     task__bleu_every=2, task__bleu_sentences=16,
                                     task__max_decode_length=24),
                         str(tmp_path / 'run'), 'transformer_adam', devices=jax.devices()[:1])
   with open(tmp_path / 'run' / 'metrics.jsonl') as f:
     evals = [r for r in map(json.loads, f) if r['split'] == 'eval']
-  assert [r['step'] for r in evals] == [30, 60]
+  assert [r['step'] for r in evals] == [20, 40]
   assert 'bleu' not in evals[0] and 0 <= evals[1]['bleu'] <= 100  # every 2nd eval, and the last
   assert evals[1]['loss'] < evals[0]['loss'] < np.log(300)
   assert summary['status'] == 'completed'
