@@ -1,7 +1,7 @@
 """Plans every paper config for its hardware (`main.py --dry_run`), then writes docs/scale.md.
 
     python -m launch.plans [--configs=bert_shampoo,dlrm_adam] [--root=runs/plans] [--parallel=2]
-        [--out=docs/scale.md] [--set KEY=VALUE ...]
+        [--out=docs/scale.md] [--set KEY=VALUE ...] [--timeout=1800]
 
 Each config's plan goes to `<root>/<name>/plan.json` (with the planner's output in plan.log and
 its wall time in plan_seconds.txt); results/scale.py renders them into `--out` below its marker
@@ -24,11 +24,11 @@ from results import scale
 TASKS = ('transformer', 'bert', 'dlrm', 'resnet50')  # the paper's benchmarks
 CONFIGS = tuple(sorted(os.path.splitext(os.path.basename(path))[0]
                        for task in TASKS for path in glob.glob(os.path.join(backends.ROOT, 'configs', f'{task}_*.py'))))
-PLAN_TIMEOUT_SECONDS = 1800
 
 
-def plan_config(name: str, root: str, settings: list[str]) -> tuple[str, int]:
-  """Runs the planner for configs/<name>.py:paper into <root>/<name>; (name, exit code)."""
+def plan_config(name: str, root: str, settings: list[str], timeout: float) -> tuple[str, int]:
+  """Runs the planner for configs/<name>.py:paper into <root>/<name>, stopped after `timeout` seconds;
+  (name, exit code)."""
   workdir = os.path.join(root, name)
   plan = scale.read_plan(workdir)
   if plan is not None:
@@ -40,9 +40,9 @@ def plan_config(name: str, root: str, settings: list[str]) -> tuple[str, int]:
   with open(os.path.join(workdir, 'plan.log'), 'w') as log:
     try:
       code = subprocess.run(command, cwd=backends.ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            timeout=PLAN_TIMEOUT_SECONDS).returncode
+                            timeout=timeout).returncode
     except subprocess.TimeoutExpired:
-      log.write(f'planner timed out after {PLAN_TIMEOUT_SECONDS} s\n')
+      log.write(f'planner timed out after {timeout:g} s\n')
       code = 124
   with open(os.path.join(workdir, 'plan_seconds.txt'), 'w') as f:
     f.write(f'{time.monotonic() - start:.1f}\n')
@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument('--out', default='docs/scale.md')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='a config override for every plan (e.g. hardware=tpu_v4_256)')
+  parser.add_argument('--timeout', type=float, default=1800, help='seconds a planner may take before it is stopped')
   args = parser.parse_args(argv)
   names = [name for name in args.configs.split(',') if name]
   unknown = sorted(set(names) - set(CONFIGS))
@@ -64,9 +65,11 @@ def main(argv: list[str]) -> int:
     parser.error(f'unknown configs {", ".join(unknown)}: choose among {", ".join(CONFIGS)}')
   if args.parallel < 1:
     parser.error(f'--parallel={args.parallel} must be >= 1')
+  if args.timeout <= 0:
+    parser.error(f'--timeout={args.timeout:g} must be > 0')
   failed = []
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    for name, code in pool.map(lambda n: plan_config(n, args.root, args.set), names):
+    for name, code in pool.map(lambda n: plan_config(n, args.root, args.set, args.timeout), names):
       status = {0: 'fits', 3: 'does not fit'}.get(code, f'planner failed (exit {code})')
       print(f'{name}: {status}', flush=True)
       if code not in (0, 3):

@@ -119,3 +119,16 @@ def test_the_plans_launcher_refuses_an_unknown_config(capsys):
     plans_launcher.main(['--configs=bert_shampoo,nope'])
   assert exit_info.value.code == 2
   assert 'unknown configs nope' in capsys.readouterr().err
+
+
+def test_the_plans_launcher_stops_a_planner_at_its_timeout_and_says_so(tmp_path, capsys):
+  """Half a second is less than the planner's start-up: it is stopped, its log says why, the page
+  shows the config unplanned, and a re-run plans it again (no plan.json was written)."""
+  out = tmp_path / 'scale.md'
+  assert plans_launcher.main(['--configs=bert_adam', f'--root={tmp_path}', '--timeout=0.5', f'--out={out}']) == 1
+  assert 'bert_adam: planner failed (exit 124)' in capsys.readouterr().out
+  assert (tmp_path / 'bert_adam' / 'plan.log').read_text().endswith('planner timed out after 0.5 s\n')
+  assert not (tmp_path / 'bert_adam' / 'plan.json').exists() and '| bert_adam | no plan' in out.read_text()
+  with pytest.raises(SystemExit) as exit_info:
+    plans_launcher.main(['--configs=bert_adam', '--timeout=0'])
+  assert exit_info.value.code == 2 and '--timeout=0 must be > 0' in capsys.readouterr().err
