@@ -25,6 +25,11 @@ import warnings
 # oneDNN speeds up TF matmuls and convolutions, which the pipelines do not run.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# Before NumPy or jaxlib load OpenBLAS: its LAPACK (jaxlib's eigh, QR, Cholesky and LU on CPU)
+# single-threaded. The roots and eigenbases take one small matrix per call, and OpenBLAS's threads,
+# spinning beside XLA's own pool on the same cores, made such a call up to 30x slower on a 2-core
+# CPU with another process running (a 512x512 QR 288 ms instead of 10; docs/measurements.md).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -131,3 +131,16 @@ def test_divergence_exits_3_with_one_line(tmp_path):
   assert result.returncode == 3
   assert len(errors(result)) == 1 and 'training diverged' in errors(result)[0]
   assert json.loads((tmp_path / 'run' / 'summary.json').read_text())['status'] == 'diverged'
+
+
+@pytest.mark.parametrize('preset, expected', [(None, '1'), ('2', '2')])
+def test_openblas_is_single_threaded_unless_the_user_says_otherwise(preset, expected):
+  env = {key: value for key, value in os.environ.items() if key != 'OPENBLAS_NUM_THREADS'}
+  if preset is not None:
+    env['OPENBLAS_NUM_THREADS'] = preset
+  # What the process's OpenBLAS (NumPy's, loaded after main.py's first lines) was told at start-up.
+  probe = "import main, numpy, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+  result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == [expected]
