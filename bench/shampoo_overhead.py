@@ -17,7 +17,9 @@ four markdown tables:
    warm_eigh roots (eigenbases kept between refreshes); no refresh at all; K=10 with
    root_refresh='async' (roots computed beside the steps, installed 10 updates later, driven
    by `shampoo.AsyncRoots` as the trainer drives it), with Newton roots on the devices and on
-   the host's CPU, and with warm_eigh roots. Each optimizer is compiled, warmed
+   the host's CPU, and with warm_eigh roots; SOAP with its eigenbases refreshed every 10
+   updates and every update (`base.optimizer('soap', precondition_frequency=K)`, other fields its
+   defaults). Each optimizer is compiled, warmed
    up for max(K) + 1 steps (so the refresh at `start_preconditioning_step` is behind
    us), then timed over 3 windows of `--steps` steps (block_until_ready at the end
    of each window), the windows of all optimizers interleaved so that load from
@@ -58,7 +60,7 @@ four markdown tables:
    starts (its error column: the largest off-diagonal ratio in the basis used).
 
 4. Optimizer-state bytes / parameter bytes: sum of nbytes over the leaves of
-   tx.init(params), for Adam and Shampoo (K does not change the state).
+   tx.init(params), for Adam, Shampoo, SOAP and K-FAC (K does not change the state).
 """
 
 import argparse
@@ -71,6 +73,7 @@ import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # as main.py: single-threaded LAPACK
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -307,6 +310,9 @@ def main():
                             root_method=method)
     runs.append((f'shampoo K={KS[1]} {where}', KS[1], tx))
     async_roots[runs[-1][0]] = roots
+  # SOAP (Adam in the eigenbases of Shampoo's statistics) with its bases refreshed every K updates.
+  for k in (KS[1], 1):
+    runs.append((f'soap, bases every {k}', k, build('soap', precondition_frequency=k)))
   # K-FAC with kfac-jax's defaults: factors every step, inverses every 5 (a window of
   # --steps holds steps / 5 inverse refreshes).
   runs.append(('kfac (inverses every 5)', None, build('kfac', args.batch)))
@@ -324,7 +330,7 @@ def main():
     r = trainers[name]
     s = shampoo.find_state(r.opt_state)
     counts = ('-', '-') if s is None else (int(s.root_refreshes), int(s.failed_roots))
-    floor_cell = '1' if name == 'adam' else '-' if name.startswith('kfac') else f'{floor:.3f}'
+    floor_cell = '1' if name == 'adam' else f'{floor:.3f}' if name.startswith('shampoo') else '-'
     print(f'| {name} | {r.ms:.3f} | {100 * r.spread:.0f}% | {r.ms / trainers["adam"].ms:.2f} | {floor_cell} | '
           f'{r.compile_s:.2f} | {counts[0]} | {counts[1]} | {float(r.loss):.4g} |')
   total = max(KS) + 1 + WINDOWS * args.steps
@@ -364,7 +370,7 @@ def main():
   print('| optimizer | state bytes | param bytes | state / params |')
   print('|---|---|---|---|')
   param_bytes = tree_bytes(params)
-  for name, tx in (('adam', build('adam')), ('shampoo', runs[1][2]), ('kfac', runs[-1][2])):
+  for name, tx in (('adam', build('adam')), ('shampoo', runs[1][2]), ('soap', build('soap')), ('kfac', runs[-1][2])):
     state_bytes = tree_bytes(tx.init(params))
     print(f'| {name} | {state_bytes:,} | {param_bytes:,} | {state_bytes / param_bytes:.2f} |')
 
