@@ -275,44 +275,7 @@ def _preconditioner_class():
         return damping
       return tuple(damping * scale for scale in self.block_damping_scales)
 
-    def maybe_update_inverse_cache(self, state):
-      return self._maybe_update_estimator_state(
-          state, self.should_update_inverse_cache(state), functools.partial(update_cache_by_shape, self.estimator),
-          identity_weight=self.get_identity_weight(state), exact_powers=self._exact_powers_to_cache,
-          approx_powers=self._approx_powers_to_cache)
-
   return Preconditioner
-
-
-def update_cache_by_shape(estimator, state, identity_weight, exact_powers, approx_powers):
-  """kfac-jax's `BlockDiagonalCurvature.update_cache`, with the blocks of one kind and one state shape
-  (a deep model's layers) refreshed by one `jax.lax.map` over their stacked states. Block by block, a
-  24-layer model traces 24 copies of each layer's inversions, which a TPU compile expands into
-  one large program each; stacked, it traces each kind once."""
-  weights = kfac_jax().utils.to_tuple_or_repeat(identity_weight, estimator.num_blocks)
-  groups = collections.defaultdict(list)
-  for index, (block, block_state) in enumerate(zip(estimator.blocks, state.blocks_states)):
-    leaves, structure = jax.tree.flatten(block_state)
-    groups[(type(block), block.fixed_scale(), structure,
-            tuple((leaf.shape, leaf.dtype) for leaf in leaves))].append(index)
-  new_states = list(state.blocks_states)
-  for indices in groups.values():
-    block = estimator.blocks[indices[0]]
-
-    def refresh(block_state, weight, block=block):
-      return block.update_cache(block_state, identity_weight=weight, exact_powers=exact_powers,
-                                approx_powers=approx_powers, eigenvalues=False)
-
-    if len(indices) == 1:
-      new_states[indices[0]] = refresh(state.blocks_states[indices[0]], weights[indices[0]])
-      continue
-    stack = lambda *trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    refreshed = jax.lax.map(lambda args: refresh(*args),
-                            (stack(*(state.blocks_states[i] for i in indices)),
-                             jnp.stack([jnp.asarray(weights[i], jnp.float32) for i in indices])))
-    for position, index in enumerate(indices):
-      new_states[index] = jax.tree.map(lambda leaf, position=position: leaf[position], refreshed)
-  return type(state)(synced=state.synced, blocks_states=tuple(new_states))
 
 
 def preconditioner(cfg, loss: LossContext, mesh: jax.sharding.Mesh | None = None):
