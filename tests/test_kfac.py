@@ -26,21 +26,27 @@ from tasks.transformer import Transformer
 ONE_DEVICE = jax.devices()[:1]
 
 
-def dense_problem(with_unmatched_scale=False):
+def dense_problem(with_unmatched_scale=False, hidden_layers=0):
   """A two-layer tanh network on a fixed regression batch; loss registered as squared error.
 
   With `with_unmatched_scale`, the output also goes through sin(s) * ..., a use of a
-  parameter kfac-jax's graph matcher does not recognise as a layer.
+  parameter kfac-jax's graph matcher does not recognise as a layer. `hidden_layers` more
+  8 x 8 tanh layers go in between.
   """
   rng = np.random.default_rng(0)
   batch = {'x': rng.normal(size=(32, 6)).astype(np.float32), 'y': rng.normal(size=32).astype(np.float32)}
   params = {'w1': jnp.asarray(rng.normal(size=(6, 8)) * 0.5, jnp.float32),
             'w2': jnp.asarray(rng.normal(size=(8, 1)) * 0.5, jnp.float32)}
+  hidden = [f'h{i}' for i in range(hidden_layers)]
+  params.update({name: jnp.asarray(rng.normal(size=(8, 8)) * 0.5, jnp.float32) for name in hidden})
   if with_unmatched_scale:
     params['s'] = jnp.asarray(1.0, jnp.float32)
 
   def value_fn(params, model_state, rng, batch):
-    predictions = (jnp.tanh(batch['x'] @ params['w1']) @ params['w2'])[:, 0]
+    activations = jnp.tanh(batch['x'] @ params['w1'])
+    for name in hidden:
+      activations = jnp.tanh(activations @ params[name])
+    predictions = (activations @ params['w2'])[:, 0]
     if with_unmatched_scale:
       predictions = predictions * jnp.sin(params['s'])
     kfac.kfac_jax().register_squared_error_loss(predictions[:, None], batch['y'][:, None])
@@ -55,9 +61,12 @@ def context(params, batch, value_fn, name='toy'):
   return kfac.LossContext(value_fn, shapes, name)
 
 
-def test_one_update_equals_kfac_jax_own_preconditioner():
-  params, batch, value_fn = dense_problem()
-  hyper = dict(damping=1e-2, curvature_ema=0.9, curvature_update_period=1, inverse_update_period=1)
+@pytest.mark.parametrize('hidden_layers,inverse_update_period', [(0, 1), (3, 2)])
+def test_one_update_equals_kfac_jax_own_preconditioner(hidden_layers, inverse_update_period):
+  """Inverted every step, and cached (inverse_update_period 2) for a deeper network."""
+  params, batch, value_fn = dense_problem(hidden_layers=hidden_layers)
+  hyper = dict(damping=1e-2, curvature_ema=0.9, curvature_update_period=1,
+               inverse_update_period=inverse_update_period)
   lr = 0.5
   tx = optimizers.build(base.optimizer('kfac', learning_rate=lr, momentum=0.0, **hyper),
                         optax.constant_schedule(lr), context(params, batch, value_fn))
