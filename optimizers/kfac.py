@@ -53,6 +53,7 @@ import optax
 from absl import logging
 
 from errors import ConfigError, check_range
+from optimizers.shampoo.roots import HIGHEST, stacked_eigh
 
 # The hyperparameters scale_by_kfac reads; their defaults: configs/optimizer_defaults.py.
 FIELDS = ('damping', 'curvature_ema', 'curvature_update_period', 'curvature_batch_size', 'inverse_update_period',
@@ -106,12 +107,33 @@ def inline_remat(fn: Callable) -> Callable:
   return inlined
 
 
+def inverse_by_eigh(matrix):
+  """The inverse of a symmetric positive definite matrix as V diag(1 / lambda) V^T."""
+  eigenvalues, vectors = stacked_eigh(matrix[None])
+  return jnp.einsum('nij,nj,nkj->ik', vectors, 1.0 / eigenvalues, vectors, precision=HIGHEST)
+
+
+def _psd_inverse(lu_inverse):
+  """kfac-jax's inverse of each damped Kronecker factor (`lu_inverse`, an LU solve), but on TPU by
+  `inverse_by_eigh`: XLA's TPU compiler expands every LU inverse into a blocked program of its own,
+  62 s to compile for one 2304-wide factor on a v3-256, and ResNet-50's 54 layers have 108 factors;
+  a Jacobi eigendecomposition compiles in 3-5 s up to 4608 wide (docs/kfac.md)."""
+  def inverse(matrix):
+    finite = jnp.all(jnp.isfinite(matrix))  # as kfac-jax's: a NaN or inf factor gives NaNs
+    by_eigh = lambda m: jax.lax.cond(finite, inverse_by_eigh, lambda m: jnp.full_like(m, jnp.nan), m)
+    return jax.lax.platform_dependent(matrix, tpu=by_eigh, default=lu_inverse)
+  return inverse
+
+
 @functools.cache
 def kfac_jax():
-  """The kfac_jax module, with the JAX-compatibility shim installed once."""
+  """The kfac_jax module, with the JAX-compatibility shim and the TPU factor inverse
+  (`_psd_inverse`) installed once."""
   import kfac_jax as module
   from kfac_jax._src import tag_graph_matcher
+  from kfac_jax._src.utils import math as kfac_math
   tag_graph_matcher.eval_jaxpr_eqn = _compatible_eval_jaxpr_eqn
+  kfac_math.psd_inv = _psd_inverse(kfac_math.psd_inv)
   return module
 
 

@@ -47,7 +47,7 @@ import optax
 from errors import ConfigError, check_fields, check_range
 from optimizers.shampoo import blocking
 from optimizers.shampoo import preconditioning
-from optimizers.shampoo.roots import HIGHEST, one_by_one
+from optimizers.shampoo.roots import HIGHEST, one_by_one, stacked_eigh
 
 # The hyperparameters scale_by_soap takes, all required; defaults and sources: configs/optimizer_defaults.py.
 FIELDS = ('b1', 'b2', 'shampoo_beta', 'eps', 'precondition_frequency', 'max_precond_dim', 'block_size',
@@ -90,7 +90,7 @@ def _shifted(stats, mask):
 
 def eigenbasis(stats, mask):
   """[n, b, b] eigenvectors of each statistic, columns by descending eigenvalue."""
-  return one_by_one(lambda a: jnp.linalg.eigh(a)[1], _shifted(stats, mask))[..., ::-1]
+  return stacked_eigh(_shifted(stats, mask))[1][..., ::-1]
 
 
 def power_step(stats, basis, mask):

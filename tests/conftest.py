@@ -57,6 +57,11 @@ def subprocess_env(devices: int) -> dict:
   return dict(os.environ, XLA_FLAGS=' '.join(flags + [f'--xla_force_host_platform_device_count={devices}']))
 
 
+def exported_hlo(fn, platform: str, *shapes) -> str:
+  """The StableHLO `fn` lowers to for `platform` ('tpu', 'cuda', 'cpu'): exporting needs no such device."""
+  return jax.export.export(jax.jit(fn), platforms=[platform])(*shapes).mlir_module()
+
+
 def load_config(name: str, size: str = 'tiny', **overrides):
   """configs/<name>.py at `size`, with dotted overrides given as a__b=value, locked like main.py."""
   config = importlib.import_module(f'configs.{name}').get_config(size)

@@ -14,7 +14,7 @@ import pytest
 import optimizers
 import trainer
 from configs import base
-from conftest import load_config, subprocess_env
+from conftest import exported_hlo, load_config, subprocess_env
 from errors import ConfigError
 from optimizers import kfac
 from tasks import losses
@@ -404,3 +404,19 @@ def test_a_layer_wider_than_max_factor_dim_gets_a_diagonal_block_and_still_train
 def test_factor_dims_are_kfac_jax_factor_sizes():
   assert kfac.factor_dims([(1024, 4096), (4096,)]) == (1025, 4096)
   assert kfac.factor_dims([(3, 3, 64, 128)]) == (576, 128)
+
+
+def test_factor_inverses_are_kfac_jax_lu_but_on_tpu_by_jacobi_eigh():
+  """kfac-jax's inverse of a damped factor is an LU solve; on TPU, where each LU inverse compiles into
+  a program of its own, the same inverse comes from XLA's Jacobi eigendecomposition."""
+  from kfac_jax._src.utils import math as kfac_math
+  kfac.kfac_jax()
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((40, 40))
+  a = np.float32(a @ a.T / 40 + 0.1 * np.eye(40))
+  np.testing.assert_allclose(kfac.inverse_by_eigh(jnp.asarray(a)), np.linalg.inv(a), rtol=1e-3, atol=1e-4)
+  shape = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  tpu, cpu = (exported_hlo(kfac_math.psd_inv, platform, shape) for platform in ('tpu', 'cpu'))
+  assert 'custom_call @Eigh' in tpu and 'LuDecomposition' not in tpu
+  assert 'LuDecomposition' in exported_hlo(jnp.linalg.inv, 'tpu', shape)
+  assert 'getrf' in cpu.lower() and 'custom_call @Eigh' not in cpu
