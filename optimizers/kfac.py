@@ -119,8 +119,8 @@ def _psd_inverse(lu_inverse):
   62 s to compile for one 2304-wide factor on a v3-256, and ResNet-50's 54 layers have 108 factors;
   a Jacobi eigendecomposition compiles in 3-5 s up to 4608 wide (docs/kfac.md)."""
   def inverse(matrix):
-    finite = jnp.all(jnp.isfinite(matrix))  # as kfac-jax's: a NaN or inf factor gives NaNs
-    by_eigh = lambda m: jax.lax.cond(finite, inverse_by_eigh, lambda m: jnp.full_like(m, jnp.nan), m)
+    # as kfac-jax's: a NaN or inf factor gives NaNs
+    by_eigh = lambda m: jax.lax.cond(jnp.all(jnp.isfinite(m)), inverse_by_eigh, lambda m: jnp.full_like(m, jnp.nan), m)
     return jax.lax.platform_dependent(matrix, tpu=by_eigh, default=lu_inverse)
   return inverse
 

@@ -142,9 +142,9 @@ def stacked_eigh(stack):
   traced into a program per matrix size that took 279 s and 10.2 GB of host memory to compile
   for one 2048 x 2048 matrix a core on a v3-256, and 4.11 GiB of temporaries a core; Jacobi
   took 3 s, 0.6 GB and 0.08 GiB (docs/shampoo.md). Elsewhere as `one_by_one`."""
-  plain = lambda a: tuple(jnp.linalg.eigh(a))
   jacobi = lambda s: jax.lax.linalg.eigh(s, implementation=jax.lax.linalg.EighImplementation.JACOBI)[::-1]
-  return jax.lax.platform_dependent(stack, cpu=lambda s: jax.lax.map(plain, s), tpu=jacobi, default=jax.vmap(plain))
+  elsewhere = lambda s: one_by_one(lambda a: tuple(jnp.linalg.eigh(a)), s)
+  return jax.lax.platform_dependent(stack, tpu=jacobi, default=elsewhere)
 
 
 def _eigh_root(a, p: int):
